@@ -14,8 +14,12 @@ from pathlib import Path
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
+
+# Anything a query can run on: the pool, a connection, or a connection borrowed from the pool.
+Queryable = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 

@@ -35,9 +35,6 @@ SERVICES: tuple[ServiceName, ...] = (
     "onboarding",
 )
 
-# Default HTTP ports: the gateway on 8000 and every other service on the next ones, in SERVICES order.
-DEFAULT_PORTS: dict[str, int] = {name: 8000 + index for index, name in enumerate(SERVICES)}
-
 
 class MqttTarget:
     """Host, port and credentials parsed from an `mqtt://user:pass@host:port` URL."""
@@ -75,6 +72,8 @@ class Settings(BaseSettings):
     service_host: str = "127.0.0.1"
     http_host: str = "127.0.0.1"
     http_port: int | None = None
+    # Services listen on port_base + their index in SERVICES (gateway first).
+    port_base: int = Field(8000, ge=1, le=65000)
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_min: int = 1
@@ -100,7 +99,7 @@ class Settings(BaseSettings):
         return f"{self.schema_prefix}{service}"
 
     def port_for(self, service: str) -> int:
-        return DEFAULT_PORTS[service]
+        return self.port_base + SERVICES.index(service)
 
     def url_for(self, service: str) -> str:
         """Base URL of a service's HTTP surface (overridable per service, e.g. in docker-compose)."""

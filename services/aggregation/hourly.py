@@ -1,0 +1,75 @@
+"""From interval energy to hourly buckets: each interval is spread linearly over the UTC hours it overlaps.
+
+Intervals are (start, end] in epoch milliseconds, as normalisation emits them (services/normalisation/energy.py).
+Everything here is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proto_schemas.quality import Quality
+
+HOUR_MS = 3_600_000
+
+
+def split_interval(
+    start_ms: int, end_ms: int, energy: float, *, bucket_ms: int = HOUR_MS
+) -> list[tuple[int, float]]:
+    """Spread an interval's energy over the buckets it overlaps, assuming a constant rate.
+
+    The interval is (start_ms, end_ms], so an interval ending exactly on a boundary belongs entirely to the
+    bucket that ends there. Parts are proportional to the overlapping time; the last part takes the rounding
+    remainder so that the parts add back up to ``energy``.
+    """
+    if start_ms >= end_ms:
+        raise ValueError(f"interval must have start_ms < end_ms, got ({start_ms}, {end_ms}]")
+    if bucket_ms <= 0:
+        raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
+    first = (start_ms // bucket_ms) * bucket_ms  # bucket whose (b, b + size] contains start_ms + epsilon
+    last = ((end_ms - 1) // bucket_ms) * bucket_ms  # bucket whose (b, b + size] contains end_ms
+    if first == last:
+        return [(first, energy)]
+    duration = end_ms - start_ms
+    parts: list[tuple[int, float]] = []
+    assigned = 0.0
+    for bucket in range(first, last, bucket_ms):
+        overlap = min(end_ms, bucket + bucket_ms) - max(start_ms, bucket)
+        part = energy * overlap / duration
+        parts.append((bucket, part))
+        assigned += part
+    parts.append((last, energy - assigned))
+    return parts
+
+
+def hourly_contributions(
+    point_ids: Sequence[int],
+    start_ms: Sequence[int],
+    end_ms: Sequence[int],
+    energy: Sequence[float],
+    quality: Sequence[int],
+) -> dict[tuple[int, int], tuple[float, int]]:
+    """Fold a batch of intervals into per-point hourly totals, ready to be upserted in one statement.
+
+    The arguments are columns of equal length (as they come out of a columnar batch). The result maps
+    (point_id, UTC hour start ms) to (energy, worst quality code), so an hour touched by a RESET interval
+    stays marked even when most of its energy came from GOOD intervals.
+    """
+    n = len(point_ids)
+    if not (len(start_ms) == len(end_ms) == len(energy) == len(quality) == n):
+        raise ValueError(
+            "columns must have equal length: "
+            f"point_ids={n}, start_ms={len(start_ms)}, end_ms={len(end_ms)}, "
+            f"energy={len(energy)}, quality={len(quality)}"
+        )
+    totals: dict[tuple[int, int], tuple[float, int]] = {}
+    for point_id, start, end, value, code in zip(point_ids, start_ms, end_ms, energy, quality, strict=True):
+        code = int(Quality(code))
+        for hour, part in split_interval(start, end, value, bucket_ms=HOUR_MS):
+            key = (point_id, hour)
+            known = totals.get(key)
+            if known is None:
+                totals[key] = (part, code)
+            else:
+                totals[key] = (known[0] + part, max(known[1], code))
+    return totals

@@ -1,0 +1,46 @@
+"""Read models other services fetch (with the internal token): points, meter bindings, meter context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from libs.service import ServiceContext, get_context, not_found
+
+router = APIRouter(prefix="/internal", include_in_schema=False)
+
+
+@router.get("/points")
+async def all_points(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """Every point with what ingestion and normalisation need to accept and scale its readings."""
+    rows = await ctx.db.fetch(
+        "SELECT p.id, g.uuid::text AS gateway_uuid, p.object_type, p.ratio, p.high_limit, p.low_limit,"
+        " p.higher_limit, p.lower_limit, p.is_trend, p.is_virtual"
+        " FROM points p JOIN data_sources d ON d.id = p.data_source_id JOIN gateways g ON g.id = d.gateway_id"
+    )
+    return [dict(row) for row in rows]
+
+
+@router.get("/meterpoints")
+async def all_meter_points(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, int]]:
+    rows = await ctx.db.fetch("SELECT meter_id, point_id FROM meter_points")
+    return [dict(row) for row in rows]
+
+
+@router.get("/meters/{meter_id}/context")
+async def meter_context(meter_id: int, ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
+    """A meter with its category and the time zone its reports use (its space's; UTC when unbound)."""
+    row = await ctx.db.fetchrow(
+        "SELECT m.id, m.name, m.uuid::text AS uuid, c.name AS category, c.unit_of_measure,"
+        " c.kgce, c.kgco2e, m.hourly_low_limit, m.hourly_high_limit,"
+        " (SELECT t.name FROM space_meters sm JOIN spaces s ON s.id = sm.space_id"
+        "  JOIN timezones t ON t.id = s.timezone_id WHERE sm.meter_id = m.id ORDER BY s.id LIMIT 1) AS timezone"
+        " FROM meters m JOIN energy_categories c ON c.id = m.energy_category_id WHERE m.id = $1",
+        meter_id,
+    )
+    if row is None:
+        raise not_found("meter", meter_id)
+    out = dict(row)
+    out["timezone"] = out["timezone"] or "UTC"
+    return out

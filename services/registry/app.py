@@ -1,0 +1,54 @@
+"""Registry: master data (MyEMS-compatible) and identity. Other services read it through its API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from libs.bus import Delivery
+from libs.service import ServiceContext, create_service_app
+from proto_schemas import topics
+from proto_schemas.registry import GatewaySeen
+from services.registry.api import acquisition, internal, lookups, metering, users
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def _record_seen(ctx: ServiceContext, deliveries: list[Delivery[GatewaySeen]]) -> None:
+    latest: dict[str, GatewaySeen] = {}
+    for delivery in deliveries:
+        seen = delivery.model
+        if seen.gateway_uuid not in latest or seen.last_seen_ms >= latest[seen.gateway_uuid].last_seen_ms:
+            latest[seen.gateway_uuid] = seen
+    rows = [
+        (uuid, datetime.fromtimestamp(seen.last_seen_ms / 1000, UTC), seen.status)
+        for uuid, seen in latest.items()
+    ]
+    # Never move last_seen backwards: a redelivered or late notice changes nothing.
+    await ctx.db.executemany(
+        "UPDATE gateways SET last_seen_at = GREATEST(coalesce(last_seen_at, $2), $2),"
+        " reported_status = coalesce($3, reported_status) WHERE uuid = $1::uuid",
+        rows,
+    )
+
+
+async def setup(ctx: ServiceContext) -> None:
+    await lookups.seed_timezones(ctx)
+    await users.ensure_admin(ctx)
+
+    async def on_seen(deliveries: list[Delivery[GatewaySeen]]) -> None:
+        await _record_seen(ctx, deliveries)
+
+    ctx.mqtt.subscribe(topics.GATEWAYS_SEEN, GatewaySeen, on_seen, batch_max=500)
+
+
+def create_app() -> FastAPI:
+    return create_service_app(
+        "registry",
+        routers=[users.router, lookups.router, acquisition.router, metering.router, internal.router],
+        migrations=MIGRATIONS,
+        setup=setup,
+        title="gridfleet registry",
+    )
