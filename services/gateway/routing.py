@@ -1,0 +1,31 @@
+"""Which service answers which part of `/api/v1`: the first path segment decides."""
+
+from __future__ import annotations
+
+ROUTES: dict[str, str] = {
+    # registry: master data and identity (MyEMS paths)
+    "users": "registry",
+    "timezones": "registry",
+    "energycategories": "registry",
+    "gateways": "registry",
+    "datasources": "registry",
+    "points": "registry",
+    "meters": "registry",
+    "spaces": "registry",
+    # reporting
+    "reports": "reporting",
+    # command and control
+    "commands": "command",
+    "commandruns": "command",
+    # onboarding and ownership
+    "providers": "onboarding",
+}
+
+# Paths anyone may call without credentials.
+PUBLIC = {("PUT", "users/login")}
+
+
+def service_for(path: str) -> str | None:
+    """The service owning a path below /api/v1 (no leading slash), or None for an unknown path."""
+    head = path.split("/", 1)[0]
+    return ROUTES.get(head)

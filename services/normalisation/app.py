@@ -1,0 +1,23 @@
+"""Normalisation service: ratio, limits, quality, and energy from cumulative registers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from libs.service import ServiceContext, create_service_app
+from services.normalisation.consumer import Normalisation
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def setup(ctx: ServiceContext) -> None:
+    normalisation = Normalisation(ctx)
+    await normalisation.points.load_when_ready()
+    normalisation.register()
+    ctx.state["normalisation"] = normalisation
+
+
+def create_app() -> FastAPI:
+    return create_service_app("normalisation", migrations=MIGRATIONS, setup=setup)

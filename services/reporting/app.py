@@ -1,0 +1,15 @@
+"""Reporting service: reports over the aggregates, in the local time of each space."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from libs.service import create_service_app
+from services.reporting.api import meterenergy
+
+
+def create_app() -> FastAPI:
+    # Reporting reads other services' APIs; it keeps no tables of its own yet.
+    return create_service_app(
+        "reporting", routers=[meterenergy.router], use_bus=False, title="gridfleet reporting"
+    )
