@@ -25,6 +25,10 @@ from services.registry.client import PointDirectory, PointInfo
 
 log = logging.getLogger(__name__)
 
+# Readings further apart than this are a gap: their energy is spread over it and marked ESTIMATED.
+# An hour keeps meters read hourly (common for utility meters) GOOD.
+MAX_GOOD_GAP_MS = 3_600_000
+
 _INSERT = """
 INSERT INTO readings (point_id, ts, value, quality)
 SELECT p, to_timestamp(t / 1000.0), v, q
@@ -67,7 +71,7 @@ Stored = tuple[int, float, int]
 def _intervals(previous: Stored | None, series: list[Stored]) -> list[EnergyInterval]:
     """Interval energy for a series, each interval as bad as the worse of its two readings."""
     prev = (previous[0], previous[1]) if previous else None
-    intervals = interval_energy(prev, [(ts, value) for ts, value, _ in series], max_gap_ms=15 * 60_000)
+    intervals = interval_energy(prev, [(ts, value) for ts, value, _ in series], max_gap_ms=MAX_GOOD_GAP_MS)
     chain = ([previous] if previous else []) + series
     qualities = [quality for _, _, quality in chain]
     return [
