@@ -129,7 +129,9 @@ class Bus:
         run_key = hashlib.sha256(f"{settings.schema_prefix}|{settings.topic_prefix}".encode()).hexdigest()[:8]
         self.client_id = client_id or f"gf-{service}-{settings.replica}-{run_key}"
         self._persistent = persistent
-        self._session_expiry_s = settings.mqtt_session_expiry_s if session_expiry_s is None else session_expiry_s
+        self._session_expiry_s = (
+            settings.mqtt_session_expiry_s if session_expiry_s is None else session_expiry_s
+        )
         self._receive_maximum = receive_maximum
         self._subscriptions: list[_Subscription] = []
         self._client: aiomqtt.Client | None = None
