@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, ConfigDict, Field, WithJsonSchema
 
-from proto_schemas.base import Message, Timestamp
+from proto_schemas.base import Message
 
 MAX_READINGS_PER_MESSAGE = 10_000
 
 
+# Validated natively by pydantic-core (no Python per reading): this is the platform's hottest path.
+ReadingTime = Annotated[
+    AwareDatetime,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time", "description": "ISO 8601 with an offset"},
+                {"type": "integer", "description": "epoch milliseconds"},
+            ]
+        }
+    ),
+]
+
+
 class Reading(Message):
     schema_name = "gridfleet.reading"
+    model_config = ConfigDict(val_temporal_unit="milliseconds")
 
     point_id: int = Field(
         ge=1, le=2**31 - 1, strict=True, description="A point of this gateway's data sources"
     )
-    ts: Timestamp = Field(description="ISO 8601 with offset, or epoch milliseconds")
-    value: float = Field(description="Raw value, before the point's ratio")
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _numeric(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError("value must be a number")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("value must be finite")
-        return value
+    ts: ReadingTime = Field(description="ISO 8601 with offset, or epoch milliseconds")
+    value: float = Field(strict=True, allow_inf_nan=False, description="Raw value, before the point's ratio")
 
 
 class Telemetry(Message):

@@ -15,11 +15,17 @@ from unittest import mock
 
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from deploy.local.infra import STATE_DIR, Infra, free_port_block, provide
 from deploy.local.processes import ServiceProcesses
 from libs.settings import SERVICES, Settings
 from tests.support import Platform
+
+# CI runs properties on a fixed seed so a result can be reproduced; `--hypothesis-profile=explore` searches anew.
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("explore", deadline=None, max_examples=2000, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 RUN_ID = f"t{uuid.uuid4().hex[:10]}"
 

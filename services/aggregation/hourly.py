@@ -63,8 +63,17 @@ def hourly_contributions(
             f"energy={len(energy)}, quality={len(quality)}"
         )
     totals: dict[tuple[int, int], tuple[float, int]] = {}
+    known_codes = {int(q) for q in Quality}
     for point_id, start, end, value, code in zip(point_ids, start_ms, end_ms, energy, quality, strict=True):
-        code = int(Quality(code))
+        if code not in known_codes:
+            raise ValueError(f"unknown quality code {code}")
+        hour = (start // HOUR_MS) * HOUR_MS
+        if start < end and (end - 1) // HOUR_MS * HOUR_MS == hour:
+            # Fast path: the interval lies within one hour (almost all of them).
+            key = (point_id, hour)
+            known = totals.get(key)
+            totals[key] = (value, code) if known is None else (known[0] + value, max(known[1], code))
+            continue
         for hour, part in split_interval(start, end, value, bucket_ms=HOUR_MS):
             key = (point_id, hour)
             known = totals.get(key)

@@ -362,7 +362,8 @@ def test_daily_buckets_sum_to_hourly_inputs_in_range(
     for bucket in buckets:
         assert bucket.start.tzinfo is tz
         assert first <= bucket.start.date() < last
-        before = (bucket.start - timedelta(seconds=1)).astimezone(tz)
+        # Step back in real time (UTC): same-zone arithmetic would be wall-clock arithmetic.
+        before = (bucket.start.astimezone(UTC) - timedelta(seconds=1)).astimezone(tz)
         assert before.date() < bucket.start.date()
 
 
