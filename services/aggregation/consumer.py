@@ -13,6 +13,7 @@ import hashlib
 import logging
 
 from libs.bus import Delivery
+from libs.logs import correlation_id
 from libs.service import ServiceContext
 from proto_schemas import topics
 from proto_schemas.pipeline import EnergyIntervalBatch
@@ -89,6 +90,7 @@ class Aggregation:
                 quality.append(code)
         if not keys:
             return
+        correlation_id.set(deliveries[0].model.correlation_id)
         async with self.ctx.db.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _LOCK_KEY)
             await conn.execute(_APPLY, keys, point_ids, hours, energy, quality)
