@@ -20,7 +20,7 @@ import aiomqtt
 import orjson
 
 from deploy.demo.site import MINUTE_MS, SiteState, state_at
-from libs.settings import get_settings
+from libs.settings import Settings, get_settings
 from proto_schemas import topics
 
 log = logging.getLogger("gridfleet.demo")
@@ -36,8 +36,11 @@ def _readings(state: SiteState, points: dict[str, int]) -> list[dict[str, object
     ]
 
 
-async def run(config: dict[str, object], backfill_hours: float, interval_s: float) -> None:
-    settings = get_settings()
+async def run(
+    config: dict[str, object], backfill_hours: float, interval_s: float, settings: Settings | None = None
+) -> None:
+    """Publish the backfill, then live readings, until cancelled."""
+    settings = settings or get_settings()
     target = settings.mqtt
     gateway_uuid = str(config["gateway_uuid"])
     points = {str(k): int(v) for k, v in dict(config["points"]).items()}  # type: ignore[call-overload]

@@ -34,11 +34,10 @@ gridfleet is running.
   Login     administrator / {password}
   {chr(10).join("  " + n for n in notes).strip()}
 
-Try it:
-  TOKEN=$(curl -s -X PUT {url}/api/v1/users/login -d '{{"data":{{"name":"administrator","password":"{password}"}}}}')
-  # then send the uuid and token from that answer as User-UUID and Token headers, e.g.:
+Try it (energy of the demo's grid meter, by hour, today):
+  curl -s -X PUT {url}/api/v1/users/login -d '{{"data": {{"name": "administrator", "password": "{password}"}}}}'
   curl -s "{url}/api/v1/reports/meterenergy?meterid={grid_meter}&periodtype=hourly&reportingperiodstartdatetime={today}T00:00:00&reportingperiodenddatetime={today}T23:59:59" \\
-       -H "User-UUID: <uuid>" -H "Token: <token>"
+       -H "User-UUID: <uuid from the login answer>" -H "Token: <token from the login answer>"
 
 Logs are in {STATE_DIR / "logs"}. Press Ctrl-C to stop.
 """

