@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -42,19 +43,19 @@ async def test_demo_site_energy_by_hour_appears_in_the_report(platform: Platform
             "reportingperiodenddatetime": now.isoformat(),
         }
 
-        async def hourly() -> dict[str, object]:
+        async def hourly() -> dict[str, Any]:
             return dict((await platform.api.get("/reports/meterenergy", params=params)).json())
 
         result = await eventually(
             hourly,
             lambda r: r["reporting_period"]["qualities"][-2:] == ["good", "good"],
-            within=60,  # type: ignore[index]
+            within=60,
         )
     finally:
         simulator.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await simulator
-    values = result["reporting_period"]["values"]  # type: ignore[index]
+    values = result["reporting_period"]["values"]
     # The heat pump draws 0.15 to 1.65 kW in the model: every full hour lies in that band.
     assert all(0.15 <= value <= 1.65 for value in values[-2:])
     gateways = (await platform.api.get(f"/gateways/{demo['gateway_id']}")).json()
