@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,21 +39,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port_block(size: int) -> int:
-    """A base port such that base .. base+size-1 are all free (for a whole platform's services)."""
-    for _ in range(200):
-        base = free_port()
-        if base + size < 65000 and all(not port_open("127.0.0.1", base + i, 0.05) for i in range(size)):
-            ok = True
-            for i in range(size):
-                with socket.socket() as sock:
-                    try:
-                        sock.bind(("127.0.0.1", base + i))
-                    except OSError:
-                        ok = False
-                        break
-            if ok:
-                return base
+    """A base port such that base .. base+size-1 are all free (for a whole platform's services).
+
+    Drawn below Linux's ephemeral range (32768+), where outgoing connections take their local ports, so a
+    port found free is not taken a moment later by some client's connection.
+    """
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 32000 - size)
+        if all(_bindable(base + i) for i in range(size)):
+            return base
     raise RuntimeError("no block of free ports found")
 
 

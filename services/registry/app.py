@@ -12,6 +12,7 @@ from libs.service import ServiceContext, create_service_app
 from proto_schemas import topics
 from proto_schemas.registry import GatewaySeen
 from services.registry.api import acquisition, internal, lookups, metering, users
+from services.registry.resources import myems
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -47,7 +48,14 @@ async def setup(ctx: ServiceContext) -> None:
 def create_app() -> FastAPI:
     return create_service_app(
         "registry",
-        routers=[users.router, lookups.router, acquisition.router, metering.router, internal.router],
+        routers=[
+            users.router,
+            lookups.router,
+            acquisition.router,
+            metering.router,
+            *myems.routers(),
+            internal.router,
+        ],
         migrations=MIGRATIONS,
         setup=setup,
         title="gridfleet registry",

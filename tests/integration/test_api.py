@@ -154,7 +154,8 @@ async def test_a_point_bound_to_a_meter_cannot_be_deleted(platform: Platform) ->
     from tests.support import build_site
 
     site = await build_site(platform.api, f"del-{uuid.uuid4().hex[:6]}")
-    problem(await platform.api.delete(f"/points/{site.points['main']}"), 400)
+    body = problem(await platform.api.delete(f"/points/{site.points['main']}"), 409)
+    assert f"meter {site.meters['main']}" in str(body["detail"])
     assert (
         await platform.api.delete(f"/meters/{site.meters['main']}/points/{site.points['main']}")
     ).status_code == 204

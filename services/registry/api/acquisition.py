@@ -25,6 +25,7 @@ from services.registry.api.common import (
     publish_change,
     ref,
 )
+from services.registry.resources.framework import ensure_unbound
 
 router = APIRouter()
 
@@ -423,6 +424,7 @@ async def update_point(
 
 @router.delete("/points/{point_id}", status_code=204, tags=["points"])
 async def delete_point(point_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
+    await ensure_unbound(ctx.db, "points", "point", point_id)
     try:
         found = await ctx.db.fetchval("DELETE FROM points WHERE id = $1 RETURNING id", point_id)
     except asyncpg.ForeignKeyViolationError as exc:

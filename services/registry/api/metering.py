@@ -22,6 +22,7 @@ from services.registry.api.common import (
     publish_change,
     ref,
 )
+from services.registry.resources.framework import ensure_unbound
 
 router = APIRouter()
 
@@ -142,6 +143,7 @@ async def update_meter(
 
 @router.delete("/meters/{meter_id}", status_code=204, tags=["meters"])
 async def delete_meter(meter_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
+    await ensure_unbound(ctx.db, "meters", "meter", meter_id)
     try:
         found = await ctx.db.fetchval("DELETE FROM meters WHERE id = $1 RETURNING id", meter_id)
     except asyncpg.ForeignKeyViolationError as exc:

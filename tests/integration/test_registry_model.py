@@ -1,0 +1,245 @@
+"""The MyEMS master-data model through the gateway: resources, bindings, export/import/clone, change events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from proto_schemas import topics
+from tests.support import Platform, build_site
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def unique(stem: str) -> str:
+    return f"{stem} {uuid.uuid4().hex[:6]}"
+
+
+async def create(platform: Platform, path: str, data: dict[str, Any]) -> int:
+    answer = await platform.api.post(f"/{path}", json={"data": data})
+    assert answer.status_code == 201, f"POST /{path}: {answer.status_code} {answer.text}"
+    return int(answer.json()["id"])
+
+
+async def test_organisation_resources_follow_myems_result_fields(platform: Platform) -> None:
+    contact = await create(
+        platform,
+        "contacts",
+        {"name": unique("Facility desk"), "email": "desk@example.com", "phone": "+31 20 000"},
+    )
+    cost_center = await create(
+        platform, "costcenters", {"name": unique("Building A"), "external_id": "SAP-4711"}
+    )
+    tenant_type = await create(platform, "tenanttypes", {"name": unique("Office"), "simplified_code": "OF1"})
+    tenant = await create(
+        platform,
+        "tenants",
+        {
+            "name": unique("Acme"),
+            "buildings": "B1",
+            "floors": "3",
+            "rooms": "301-305",
+            "area": 420.5,
+            "tenant_type_id": str(tenant_type),  # MyEMS clients send ids as strings
+            "is_key_tenant": True,
+            "lease_number": "L-2026-01",
+            "lease_start_datetime": "2026-01-01T00:00:00+01:00",
+            "lease_end_datetime": "2027-01-01T00:00:00+01:00",
+            "contact_id": contact,
+            "cost_center_id": cost_center,
+        },
+    )
+    got = (await platform.api.get(f"/tenants/{tenant}")).json()
+    for field in (
+        "id", "name", "uuid", "buildings", "floors", "rooms", "area", "tenant_type", "is_input_counted", "is_key_tenant",
+        "lease_number", "lease_start_datetime", "lease_end_datetime", "is_in_lease", "contact", "cost_center",
+        "description", "qrcode",
+    ):  # fmt: skip
+        assert field in got, field
+    assert got["tenant_type"]["id"] == tenant_type and got["contact"]["id"] == contact
+    assert got["cost_center"]["id"] == cost_center and got["qrcode"] == f"tenant:{got['uuid']}"
+
+    bad_lease = await platform.api.post(
+        "/tenants",
+        json={"data": {"name": unique("Late"), "tenant_type_id": tenant_type,
+                       "lease_start_datetime": "2027-01-01T00:00:00Z", "lease_end_datetime": "2026-01-01T00:00:00Z"}},
+    )  # fmt: skip
+    assert bad_lease.status_code == 400
+    assert bad_lease.json()["errors"][0]["field"] == "lease_end_datetime"
+    missing_type = await platform.api.post(
+        "/tenants", json={"data": {"name": unique("X"), "tenant_type_id": 987654}}
+    )
+    assert missing_type.status_code == 400 and missing_type.json()["errors"][0]["field"] == "tenant_type_id"
+
+
+async def test_lists_are_paginated_and_filtered_by_name(platform: Platform) -> None:
+    stem = f"pager-{uuid.uuid4().hex[:6]}"
+    for i in range(5):
+        await create(platform, "sensors", {"name": f"{stem}-{i}"})
+    page = await platform.api.get("/sensors", params={"q": stem, "limit": 2, "offset": 2})
+    assert page.status_code == 200
+    assert page.headers["x-total-count"] == "5"
+    assert [row["name"] for row in page.json()] == [f"{stem}-2", f"{stem}-3"]
+    # LIKE wildcards in the filter are taken literally.
+    assert (await platform.api.get("/sensors", params={"q": "%"})).json() == []
+
+
+async def test_export_import_and_clone_reproduce_the_object(platform: Platform) -> None:
+    category = next(
+        c for c in (await platform.api.get("/energycategories")).json() if c["name"] == "Electricity"
+    )
+    cost_center = await create(platform, "costcenters", {"name": unique("CC")})
+    offline = await create(
+        platform,
+        "offlinemeters",
+        {
+            "name": unique("Gas bill"),
+            "energy_category_id": category["id"],
+            "hourly_high_limit": 50,
+            "cost_center_id": cost_center,
+        },
+    )
+    exported = (await platform.api.get(f"/offlinemeters/{offline}/export")).json()
+    assert exported["energy_category"]["name"] == "Electricity"
+    # Same name is taken: importing a copy under a new name reproduces every other field.
+    exported["name"] = exported["name"] + " imported"
+    imported_id = (await platform.api.post("/offlinemeters/import", json={"data": exported})).json()["id"]
+    imported = (await platform.api.get(f"/offlinemeters/{imported_id}")).json()
+    for field in (
+        "energy_category",
+        "is_counted",
+        "hourly_low_limit",
+        "hourly_high_limit",
+        "cost_center",
+        "description",
+    ):
+        assert imported[field] == exported[field], field
+    assert imported["uuid"] != exported["uuid"]
+
+    clone = await platform.api.post(f"/offlinemeters/{offline}/clone")
+    assert clone.status_code == 201
+    cloned = (await platform.api.get(f"/offlinemeters/{clone.json()['id']}")).json()
+    assert cloned["name"] == f"{exported['name'].removesuffix(' imported')} (copy)"
+    again = (await platform.api.post(f"/offlinemeters/{offline}/clone")).json()
+    assert (await platform.api.get(f"/offlinemeters/{again['id']}")).json()["name"].endswith("(copy) 2")
+
+    duplicate = await platform.api.post("/offlinemeters/import", json={"data": exported})
+    assert duplicate.status_code == 409
+
+
+async def test_bindings_follow_the_matrix_and_protect_deletes(platform: Platform) -> None:
+    site = await build_site(platform.api, unique("bind"))
+    meter = site.meters["main"]
+    equipment = await create(platform, "equipments", {"name": unique("Chiller"), "is_output_counted": True})
+    bound = await platform.api.post(
+        f"/equipments/{equipment}/meters", json={"data": {"meter_id": str(meter), "is_output": True}}
+    )
+    assert bound.status_code == 201
+    listed = (await platform.api.get(f"/equipments/{equipment}/meters")).json()
+    assert [(row["id"], row["is_output"]) for row in listed] == [(meter, True)]
+    combined = await create(platform, "combinedequipments", {"name": unique("Chiller plant")})
+    await platform.api.post(
+        f"/combinedequipments/{combined}/equipments", json={"data": {"equipment_id": equipment}}
+    )
+    # The meter is bound to a space and an equipment: deleting it says which ones.
+    refused = await platform.api.delete(f"/meters/{meter}")
+    assert refused.status_code == 409
+    assert f"space {site.space_id}" in refused.json()["detail"]
+    refused = await platform.api.delete(f"/equipments/{equipment}")
+    assert refused.status_code == 409 and f"combined equipment {combined}" in refused.json()["detail"]
+    assert (
+        await platform.api.delete(f"/combinedequipments/{combined}/equipments/{equipment}")
+    ).status_code == 204
+    assert (await platform.api.delete(f"/equipments/{equipment}/meters/{meter}")).status_code == 204
+    assert (await platform.api.delete(f"/equipments/{equipment}")).status_code == 204
+    assert (await platform.api.get(f"/equipments/{equipment}")).status_code == 404
+    unknown_child = await platform.api.post(
+        f"/spaces/{site.space_id}/sensors", json={"data": {"sensor_id": 987654}}
+    )
+    assert unknown_child.status_code == 400 and unknown_child.json()["errors"][0]["field"] == "sensor_id"
+    unknown_parent = await platform.api.post("/spaces/987654/sensors", json={"data": {"sensor_id": 1}})
+    assert unknown_parent.status_code == 404
+
+
+async def test_virtual_meter_expressions_are_validated_on_save(platform: Platform) -> None:
+    site = await build_site(platform.api, unique("vm"), energy_points=("a", "b"))
+    category = next(
+        c for c in (await platform.api.get("/energycategories")).json() if c["name"] == "Electricity"
+    )
+    variables = [
+        {"name": "x1", "meter_type": "meter", "meter_id": site.meters["a"]},
+        {"name": "x2", "meter_type": "meter", "meter_id": site.meters["b"]},
+    ]
+    good = {
+        "name": unique("Net"),
+        "energy_category_id": category["id"],
+        "expression": {"equation": "x1-x2", "variables": variables},
+    }
+    vm = await create(platform, "virtualmeters", good)
+    stored = (await platform.api.get(f"/virtualmeters/{vm}")).json()
+    assert orjson.loads(stored["expression"])["equation"] == "x1-x2"
+
+    async def refused(expression: dict[str, Any], field: str) -> None:
+        answer = await platform.api.post(
+            "/virtualmeters", json={"data": {**good, "name": unique("Bad"), "expression": expression}}
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["errors"][0]["field"] == field
+
+    await refused({"equation": "x1+x3", "variables": variables}, "expression.equation")
+    await refused({"equation": "x1+*x2", "variables": variables}, "expression.equation")
+    await refused({"equation": "__import__('os')", "variables": variables}, "expression.equation")
+    await refused(
+        {"equation": "x1", "variables": [{"name": "x1", "meter_type": "meter", "meter_id": 987654}]},
+        "expression.variables.0.meter_id",
+    )
+    # A virtual meter may use another, but never itself through a chain.
+    second = await create(
+        platform,
+        "virtualmeters",
+        {
+            **good,
+            "name": unique("Outer"),
+            "expression": {
+                "equation": "v",
+                "variables": [{"name": "v", "meter_type": "virtual_meter", "meter_id": vm}],
+            },
+        },
+    )
+    loop = await platform.api.put(
+        f"/virtualmeters/{vm}",
+        json={
+            "data": {
+                **good,
+                "expression": {
+                    "equation": "w",
+                    "variables": [{"name": "w", "meter_type": "virtual_meter", "meter_id": second}],
+                },
+            }
+        },
+    )
+    assert loop.status_code == 400 and "depend on themselves" in loop.json()["detail"]
+
+
+async def test_a_registry_change_reaches_the_bus_within_a_second(platform: Platform) -> None:
+    async with platform.mqtt() as client:
+        await client.subscribe(platform.topic(topics.REGISTRY_CHANGES), qos=1)
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        created = await create(platform, "contacts", {"name": unique("Bus")})
+
+        async def first_matching() -> float:
+            async for message in client.messages:
+                change = orjson.loads(message.payload)
+                if change["entity"] == "contact" and change["id"] == created:
+                    assert change["action"] == "created"
+                    return time.monotonic() - started
+            raise AssertionError("subscription ended")
+
+        elapsed = await asyncio.wait_for(first_matching(), 5)
+    assert elapsed < 1.0
