@@ -10,6 +10,7 @@ ROUTES: dict[str, str] = {
     "gateways": "registry",
     "datasources": "registry",
     "points": "registry",
+    "pointlimits": "registry",
     "meters": "registry",
     "spaces": "registry",
     "contacts": "registry",

@@ -243,3 +243,76 @@ async def test_a_registry_change_reaches_the_bus_within_a_second(platform: Platf
 
         elapsed = await asyncio.wait_for(first_matching(), 5)
     assert elapsed < 1.0
+
+
+async def test_space_tree_children_submeters_token_rotation_and_point_limits(platform: Platform) -> None:
+    site = await build_site(platform.api, unique("tree"))
+    child = await create(
+        platform, "spaces", {"name": unique("Floor 1"), "parent_space_id": site.space_id, "timezone_id": 1}
+    )
+    grandchild = await create(
+        platform, "spaces", {"name": unique("Room 101"), "parent_space_id": child, "timezone_id": 1}
+    )
+    children = (await platform.api.get(f"/spaces/{site.space_id}/children")).json()
+    assert [c["id"] for c in children] == [child]
+    tree = (await platform.api.get("/spaces/tree")).json()
+    root = next(node for node in tree if node["id"] == site.space_id)
+    assert root["children"][0]["id"] == child and root["children"][0]["children"][0]["id"] == grandchild
+    # A space cannot move under its own descendant.
+    zones = (await platform.api.get("/timezones")).json()
+    cycle = await platform.api.put(
+        f"/spaces/{site.space_id}",
+        json={"data": {"name": "x", "parent_space_id": grandchild, "timezone_id": zones[0]["id"]}},
+    )
+    assert cycle.status_code == 400 and cycle.json()["errors"][0]["field"] == "parent_space_id"
+
+    category = next(
+        c for c in (await platform.api.get("/energycategories")).json() if c["name"] == "Electricity"
+    )
+    sub = await create(
+        platform,
+        "meters",
+        {"name": unique("Sub"), "energy_category_id": category["id"], "master_meter_id": site.meters["main"]},
+    )
+    assert [m["id"] for m in (await platform.api.get(f"/meters/{site.meters['main']}/submeters")).json()] == [
+        sub
+    ]
+
+    rotated = await platform.api.post(f"/gateways/{site.gateway_id}/token")
+    assert rotated.status_code == 200 and rotated.json()["token"] != site.gateway_token
+
+    limits = await platform.api.put(
+        f"/pointlimits/{site.points['main']}",
+        json={"data": {"name": "ignored", "high_limit": 500.0, "low_limit": 0.0}},
+    )
+    assert limits.status_code == 200
+    point = (await platform.api.get(f"/points/{site.points['main']}")).json()
+    assert (point["high_limit"], point["low_limit"], point["name"]) == (500.0, 0.0, "main")
+    inverted = await platform.api.put(
+        f"/pointlimits/{site.points['main']}", json={"data": {"high_limit": 1.0, "low_limit": 2.0}}
+    )
+    assert inverted.status_code == 400
+
+
+async def test_modbus_point_addresses_are_validated_against_the_data_source(platform: Platform) -> None:
+    gateway = (await platform.api.post("/gateways", json={"data": {"name": unique("gw")}})).json()
+    source = await create(
+        platform, "datasources",
+        {"name": unique("plc"), "gateway_id": gateway["id"], "protocol": "modbus-tcp", "connection": {"host": "10.0.0.5", "port": 502}},
+    )  # fmt: skip
+    base = {"name": unique("p"), "data_source_id": source, "object_type": "ANALOG_VALUE", "units": "W"}
+    good = {"slave_id": 1, "function_code": 3, "offset": 1, "number_of_registers": 2, "data_format": "float"}
+    assert (await platform.api.post("/points", json={"data": {**base, "address": good}})).status_code == 201
+    bad = await platform.api.post(
+        "/points",
+        json={
+            "data": {
+                **base,
+                "name": unique("p"),
+                "address": {**good, "function_code": 6, "number_of_registers": 1},
+            }
+        },
+    )
+    assert bad.status_code == 400
+    fields = [error["field"] for error in bad.json()["errors"]]
+    assert "address.function_code" in fields

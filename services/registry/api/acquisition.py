@@ -9,10 +9,12 @@ from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from libs.auth import new_token, token_digest
-from libs.service import ServiceContext, bad_request, get_context, not_found
+from libs.expressions import ExpressionError, parse
+from libs.service import ProblemError, ServiceContext, bad_request, get_context, not_found
+from services.registry.addresses import address_problems
 from services.registry.api.common import (
     Body,
     Description,
@@ -110,6 +112,19 @@ async def create_gateway(
     response.headers["Location"] = f"/gateways/{new_id}"
     await publish_change(ctx, "gateway", "created", new_id)
     return GatewayCreated(id=new_id, uuid=str(gateway_uuid), token=token)
+
+
+@router.post("/gateways/{gateway_id}/token", response_model=GatewayCreated, tags=["gateways"])
+async def rotate_gateway_token(gateway_id: int, ctx: ServiceContext = Depends(get_context)) -> GatewayCreated:
+    """Issue a new token (shown once); the old one stops working at once."""
+    token = new_token(32)
+    row = await ctx.db.fetchrow(
+        "UPDATE gateways SET token_digest = $2 WHERE id = $1 RETURNING uuid", gateway_id, token_digest(token)
+    )
+    if row is None:
+        raise not_found("gateway", gateway_id)
+    await publish_change(ctx, "gateway", "updated", gateway_id)
+    return GatewayCreated(id=gateway_id, uuid=str(row["uuid"]), token=token)
 
 
 @router.put("/gateways/{gateway_id}", tags=["gateways"])
@@ -379,6 +394,21 @@ async def _write_point(ctx: ServiceContext, d: PointIn, point_id: int | None) ->
     )  # fmt: skip
     async with ctx.db.acquire() as conn:
         await must_exist(conn, "data_sources", d.data_source_id, "data_source_id")
+        protocol = await conn.fetchval("SELECT protocol FROM data_sources WHERE id = $1", d.data_source_id)
+        if d.is_virtual:
+            expression = address.get("expression")
+            if not isinstance(expression, str):
+                raise bad_request("address.expression", "a virtual point's address holds its expression")
+            try:
+                parse(expression)
+            except ExpressionError as exc:
+                raise bad_request("address.expression", exc.message) from exc
+        else:
+            problems = address_problems(protocol, address)
+            if problems:
+                raise ProblemError(
+                    400, "Invalid input", problems[0][1], [{"field": f, "message": m} for f, m in problems]
+                )
         try:
             if point_id is None:
                 return int(
@@ -418,6 +448,43 @@ async def update_point(
     point_id: int, body: Envelope[PointIn], ctx: ServiceContext = Depends(get_context)
 ) -> dict[str, int]:
     await _write_point(ctx, body.data, point_id)
+    await publish_change(ctx, "point", "updated", point_id)
+    return {"id": point_id}
+
+
+class PointLimitsIn(Body):
+    model_config = ConfigDict(extra="ignore")  # MyEMS sends the whole point; only the limits matter here
+
+    high_limit: float | None = None
+    low_limit: float | None = None
+    higher_limit: float | None = None
+    lower_limit: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PointLimitsIn:
+        if self.low_limit is not None and self.high_limit is not None and self.low_limit > self.high_limit:
+            raise ValueError("low_limit must not exceed high_limit")
+        if (
+            self.lower_limit is not None
+            and self.higher_limit is not None
+            and self.lower_limit > self.higher_limit
+        ):
+            raise ValueError("lower_limit must not exceed higher_limit")
+        return self
+
+
+@router.put("/pointlimits/{point_id}", tags=["points"])
+async def update_point_limits(
+    point_id: int, body: Envelope[PointLimitsIn], ctx: ServiceContext = Depends(get_context)
+) -> dict[str, int]:
+    """Change only a point's limits (MyEMS `PUT /pointlimits/{id}`); other fields in the body are ignored."""
+    d = body.data
+    found = await ctx.db.fetchval(
+        "UPDATE points SET high_limit=$2, low_limit=$3, higher_limit=$4, lower_limit=$5 WHERE id=$1 RETURNING id",
+        point_id, d.high_limit, d.low_limit, d.higher_limit, d.lower_limit,
+    )  # fmt: skip
+    if found is None:
+        raise not_found("point", point_id)
     await publish_change(ctx, "point", "updated", point_id)
     return {"id": point_id}
 

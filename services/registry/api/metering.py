@@ -154,6 +154,16 @@ async def delete_meter(meter_id: int, ctx: ServiceContext = Depends(get_context)
     return Response(status_code=204)
 
 
+@router.get("/meters/{meter_id}/submeters", tags=["meters"])
+async def submeters(meter_id: int, ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """Meters whose master meter is this one."""
+    await fetch_or_404(ctx.db, "meter", "SELECT id FROM meters WHERE id = $1", meter_id)
+    return [
+        _meter(row)
+        for row in await ctx.db.fetch(_METER_SQL + " WHERE m.master_meter_id = $1 ORDER BY m.id", meter_id)
+    ]
+
+
 class PointBinding(Body):
     point_id: int = Field(ge=1)
 
@@ -243,6 +253,27 @@ def _space(row: asyncpg.Record) -> dict[str, Any]:
 @router.get("/spaces", tags=["spaces"])
 async def list_spaces(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
     return [_space(row) for row in await ctx.db.fetch(_SPACE_SQL + " ORDER BY s.id")]
+
+
+@router.get("/spaces/tree", tags=["spaces"])
+async def space_tree(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """Every space as a tree: roots with nested `children`."""
+    rows = [_space(row) for row in await ctx.db.fetch(_SPACE_SQL + " ORDER BY s.id")]
+    by_id = {row["id"]: {**row, "children": []} for row in rows}
+    roots: list[dict[str, Any]] = []
+    for node in by_id.values():
+        parent = by_id.get(node["parent_space_id"])
+        (parent["children"] if parent else roots).append(node)
+    return roots
+
+
+@router.get("/spaces/{space_id}/children", tags=["spaces"])
+async def space_children(space_id: int, ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    await fetch_or_404(ctx.db, "space", "SELECT id FROM spaces WHERE id = $1", space_id)
+    return [
+        _space(row)
+        for row in await ctx.db.fetch(_SPACE_SQL + " WHERE s.parent_space_id = $1 ORDER BY s.id", space_id)
+    ]
 
 
 @router.get("/spaces/{space_id}", tags=["spaces"])

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from libs.db import Queryable
+from libs.expressions import ExpressionError, dependency_cycle, parse
 from libs.service import bad_request
 from services.registry.resources.framework import (
     Binding,
@@ -34,8 +35,6 @@ _TEXT = {"max_length": 255}
 
 async def _validate_expression(db: Queryable, data: dict[str, Any], ident: int | None) -> None:
     """A virtual meter's expression: known variables over existing meters, a valid equation, no cycle."""
-    from libs.expressions import ExpressionError, dependency_cycle, parse
-
     expression = data.get("expression") or {}
     variables = expression.get("variables")
     if not isinstance(variables, list) or not variables:
