@@ -11,7 +11,7 @@ from libs.bus import Delivery
 from libs.service import ServiceContext, create_service_app
 from proto_schemas import topics
 from proto_schemas.registry import GatewaySeen
-from services.registry.api import acquisition, internal, lookups, metering, users
+from services.registry.api import acquisition, internal, lookups, metering, transfer, users
 from services.registry.resources import myems
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,6 +53,7 @@ def create_app() -> FastAPI:
             lookups.router,
             acquisition.router,
             metering.router,
+            transfer.router(),
             *myems.routers(),
             internal.router,
         ],

@@ -316,3 +316,116 @@ async def test_modbus_point_addresses_are_validated_against_the_data_source(plat
     assert bad.status_code == 400
     fields = [error["field"] for error in bad.json()["errors"]]
     assert "address.function_code" in fields
+
+
+# Result fields of seed 001's tables for the objects of the walk below.
+MYEMS_FIELDS = {
+    "energycategories": {"id", "name", "uuid", "unit_of_measure", "kgce", "kgco2e"},
+    "costcenters": {"id", "name", "uuid", "external_id"},
+    "gateways": {"id", "name", "uuid", "last_seen_datetime", "status"},
+    "datasources": {"id", "name", "uuid", "gateway", "protocol", "connection", "last_seen_datetime", "status"},
+    "points": {"id", "name", "data_source", "object_type", "units", "high_limit", "low_limit", "ratio", "is_trend",
+               "is_virtual", "address", "description"},
+    "meters": {"id", "name", "uuid", "energy_category", "is_counted", "hourly_low_limit", "hourly_high_limit",
+               "cost_center", "energy_item", "master_meter", "description", "qrcode"},
+    "spaces": {"id", "name", "uuid", "parent_space_id", "area", "timezone", "is_input_counted", "is_output_counted",
+               "contact", "cost_center", "description", "qrcode"},
+}  # fmt: skip
+
+
+async def test_the_myems_flow_of_seed_001_works_through_the_gateway(platform: Platform) -> None:
+    tag = uuid.uuid4().hex[:6]
+    category = await create(
+        platform,
+        "energycategories",
+        {"name": f"Diesel {tag}", "unit_of_measure": "L", "kgce": 0.1229, "kgco2e": 0.8825},
+    )
+    cost_center = await create(platform, "costcenters", {"name": f"Plant {tag}", "external_id": "ERP-1"})
+    gateway = (
+        await platform.api.post(
+            "/gateways", json={"data": {"name": f"Gateway {tag}", "description": "MyEMS gateway"}}
+        )
+    ).json()["id"]
+    source = await create(
+        platform, "datasources",
+        {"name": f"PLC {tag}", "gateway_id": gateway, "protocol": "modbus-tcp", "connection": '{"host":"10.1.2.88", "port":502}'},
+    )  # fmt: skip
+    address = '{"slave_id":1, "function_code":3, "offset":1, "number_of_registers":2, "data_format":"float"}'
+    point = await create(
+        platform, "points",
+        {"name": f"Fuel {tag}", "data_source_id": str(source), "object_type": "ENERGY_VALUE", "units": "L",
+         "high_limit": 999999999, "low_limit": 0, "higher_limit": 1099999998.9, "lower_limit": 0, "ratio": 1,
+         "is_trend": True, "is_virtual": False, "address": address, "description": None},
+    )  # fmt: skip
+    meter = await create(
+        platform,
+        "meters",
+        {
+            "name": f"Genset {tag}",
+            "energy_category_id": category,
+            "is_counted": True,
+            "hourly_low_limit": 0,
+            "hourly_high_limit": 999,
+        },
+    )
+    zones = {z["name"]: z["id"] for z in (await platform.api.get("/timezones")).json()}
+    root = await create(
+        platform,
+        "spaces",
+        {
+            "name": f"Campus {tag}",
+            "timezone_id": zones["Asia/Shanghai"],
+            "area": 10000,
+            "is_input_counted": True,
+        },
+    )
+    building = await create(
+        platform,
+        "spaces",
+        {"name": f"Building {tag}", "parent_space_id": root, "timezone_id": zones["Asia/Shanghai"]},
+    )
+    assert (
+        await platform.api.post(f"/meters/{meter}/points", json={"data": {"point_id": str(point)}})
+    ).status_code == 201
+    assert (
+        await platform.api.post(f"/spaces/{building}/meters", json={"data": {"meter_id": str(meter)}})
+    ).status_code == 201
+
+    for path, ident in (("energycategories", category), ("costcenters", cost_center), ("gateways", gateway),
+                        ("datasources", source), ("points", point), ("meters", meter), ("spaces", building)):  # fmt: skip
+        got = (await platform.api.get(f"/{path}/{ident}")).json()
+        assert MYEMS_FIELDS[path] <= set(got), (path, MYEMS_FIELDS[path] - set(got))
+
+    # Export, import under a new name, clone: each reproduces the object with a new id and uuid.
+    for path, ident in (
+        ("datasources", source),
+        ("points", point),
+        ("meters", meter),
+        ("spaces", building),
+        ("gateways", gateway),
+    ):
+        exported = (await platform.api.get(f"/{path}/{ident}/export")).json()
+        exported["name"] = f"{exported['name']} imported"
+        imported = await platform.api.post(f"/{path}/import", json={"data": exported})
+        assert imported.status_code == 201, (path, imported.text)
+        copy = (await platform.api.get(f"/{path}/{imported.json()['id']}")).json()
+        assert copy["uuid"] != exported["uuid"]
+        ignore = {"id", "uuid", "name", "qrcode", "last_seen_datetime", "status"}
+        assert {k: v for k, v in copy.items() if k not in ignore} == {
+            k: v for k, v in exported.items() if k not in ignore
+        }, path
+        cloned = await platform.api.post(f"/{path}/{ident}/clone")
+        assert cloned.status_code == 201, (path, cloned.text)
+        assert (await platform.api.get(f"/{path}/{cloned.json()['id']}")).json()["name"].endswith("(copy)")
+
+    # Delete in dependency order; while bound, deletes are refused with the holder named.
+    refused = await platform.api.delete(f"/meters/{meter}")
+    assert refused.status_code == 409 and f"space {building}" in refused.json()["detail"]
+    assert (await platform.api.delete(f"/spaces/{building}/meters/{meter}")).status_code == 204
+    assert (await platform.api.delete(f"/meters/{meter}/points/{point}")).status_code == 204
+    refused = await platform.api.delete(f"/spaces/{root}")
+    assert refused.status_code == 409 and f"space {building}" in refused.json()["detail"]
+    for path, ident in (("meters", meter), ("points", point), ("spaces", building)):
+        deleted = await platform.api.delete(f"/{path}/{ident}")
+        assert deleted.status_code == 204, (path, deleted.text)
+        assert (await platform.api.get(f"/{path}/{ident}")).status_code == 404

@@ -361,6 +361,7 @@ def _point(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
         "name": row["name"],
+        "uuid": str(row["uuid"]),
         "data_source": ref(row, "data_source", "name", "uuid"),
         "object_type": row["object_type"],
         "units": row["units"],

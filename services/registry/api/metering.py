@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import Field, model_validator
 
 from libs.db import Queryable
-from libs.service import ServiceContext, bad_request, get_context, not_found
+from libs.service import ProblemError, ServiceContext, bad_request, get_context, not_found
 from services.registry.api.common import (
     Body,
     Description,
@@ -353,6 +353,14 @@ async def update_space(
 
 @router.delete("/spaces/{space_id}", status_code=204, tags=["spaces"])
 async def delete_space(space_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
+    children = await ctx.db.fetch(
+        "SELECT id, name FROM spaces WHERE parent_space_id = $1 ORDER BY id LIMIT 5", space_id
+    )
+    if children:
+        names = ", ".join(f"space {c['id']} ({c['name']})" for c in children)
+        raise ProblemError(
+            409, "In use", f"space {space_id} has child spaces: {names}; move or delete them first"
+        )
     try:
         found = await ctx.db.fetchval("DELETE FROM spaces WHERE id = $1 RETURNING id", space_id)
     except asyncpg.ForeignKeyViolationError as exc:
