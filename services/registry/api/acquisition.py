@@ -20,9 +20,12 @@ from services.registry.api.common import (
     Description,
     Envelope,
     Name,
+    Page,
     conflict_from,
     fetch_or_404,
+    fetch_page,
     must_exist,
+    page_params,
     parse_json_field,
     publish_change,
     ref,
@@ -82,8 +85,10 @@ def _gateway(row: asyncpg.Record, online_window_s: int) -> dict[str, Any]:
 
 
 @router.get("/gateways", response_model=list[GatewayOut], tags=["gateways"])
-async def list_gateways(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
-    rows = await ctx.db.fetch("SELECT * FROM gateways ORDER BY id")
+async def list_gateways(
+    response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
+) -> list[dict[str, Any]]:
+    rows = await fetch_page(ctx.db, response, "SELECT * FROM gateways g", "g", page)
     return [_gateway(row, ctx.settings.gateway_online_window_s) for row in rows]
 
 
@@ -217,8 +222,10 @@ def _datasource(row: asyncpg.Record, online_window_s: int) -> dict[str, Any]:
 
 
 @router.get("/datasources", tags=["datasources"])
-async def list_datasources(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
-    rows = await ctx.db.fetch(_DATASOURCE_SQL + " ORDER BY d.id")
+async def list_datasources(
+    response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
+) -> list[dict[str, Any]]:
+    rows = await fetch_page(ctx.db, response, _DATASOURCE_SQL, "d", page)
     return [_datasource(row, ctx.settings.gateway_online_window_s) for row in rows]
 
 
@@ -378,8 +385,10 @@ def _point(row: asyncpg.Record) -> dict[str, Any]:
 
 
 @router.get("/points", tags=["points"])
-async def list_points(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
-    return [_point(row) for row in await ctx.db.fetch(_POINT_SQL + " ORDER BY p.id")]
+async def list_points(
+    response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
+) -> list[dict[str, Any]]:
+    return [_point(row) for row in await fetch_page(ctx.db, response, _POINT_SQL, "p", page)]
 
 
 @router.get("/points/{point_id}", tags=["points"])

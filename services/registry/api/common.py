@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
+from fastapi import Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from libs.db import Queryable
@@ -20,6 +22,41 @@ T = TypeVar("T", bound=BaseModel)
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 Description = Annotated[str | None, Field(default=None, max_length=4096)]
+
+
+@dataclass(frozen=True)
+class Page:
+    """`?q=` (name contains), `?limit=` and `?offset=` of a list route."""
+
+    q: str | None
+    limit: int
+    offset: int
+
+
+def page_params(
+    q: str | None = Query(None, max_length=255, description="Only objects whose name contains this"),
+    limit: int = Query(1000, ge=1, le=10000),
+    offset: int = Query(0, ge=0),
+) -> Page:
+    return Page(q, limit, offset)
+
+
+def escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def fetch_page(
+    db: Queryable, response: Response, select_sql: str, alias: str, page: Page
+) -> list[asyncpg.Record]:
+    """One page of a list, filtered by name; the total goes in the `X-Total-Count` header."""
+    where, args = ("", []) if not page.q else (f" WHERE {alias}.name ILIKE $1", [f"%{escape_like(page.q)}%"])
+    total = await db.fetchval(f"SELECT count(*) FROM ({select_sql}{where}) counted", *args)
+    response.headers["X-Total-Count"] = str(total)
+    return list(
+        await db.fetch(
+            f"{select_sql}{where} ORDER BY {alias}.id LIMIT {page.limit} OFFSET {page.offset}", *args
+        )
+    )
 
 
 class Body(BaseModel):

@@ -12,7 +12,17 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
 from libs.service import ServiceContext, get_context, not_found
-from services.registry.api.common import Body, Envelope, Name, conflict_from, fetch_or_404, publish_change
+from services.registry.api.common import (
+    Body,
+    Envelope,
+    Name,
+    Page,
+    conflict_from,
+    fetch_or_404,
+    fetch_page,
+    page_params,
+    publish_change,
+)
 
 router = APIRouter()
 
@@ -95,8 +105,13 @@ def _category(row: asyncpg.Record) -> dict[str, Any]:
 
 
 @router.get("/energycategories", response_model=list[EnergyCategoryOut], tags=["energycategories"])
-async def list_categories(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
-    return [_category(row) for row in await ctx.db.fetch("SELECT * FROM energy_categories ORDER BY id")]
+async def list_categories(
+    response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
+) -> list[dict[str, Any]]:
+    return [
+        _category(row)
+        for row in await fetch_page(ctx.db, response, "SELECT * FROM energy_categories c", "c", page)
+    ]
 
 
 @router.get("/energycategories/{category_id}", response_model=EnergyCategoryOut, tags=["energycategories"])

@@ -16,9 +16,12 @@ from services.registry.api.common import (
     Description,
     Envelope,
     Name,
+    Page,
     conflict_from,
     fetch_or_404,
+    fetch_page,
     must_exist,
+    page_params,
     publish_change,
     ref,
 )
@@ -75,8 +78,10 @@ def _meter(row: asyncpg.Record) -> dict[str, Any]:
 
 
 @router.get("/meters", tags=["meters"])
-async def list_meters(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
-    return [_meter(row) for row in await ctx.db.fetch(_METER_SQL + " ORDER BY m.id")]
+async def list_meters(
+    response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
+) -> list[dict[str, Any]]:
+    return [_meter(row) for row in await fetch_page(ctx.db, response, _METER_SQL, "m", page)]
 
 
 @router.get("/meters/{meter_id}", tags=["meters"])
@@ -251,8 +256,10 @@ def _space(row: asyncpg.Record) -> dict[str, Any]:
 
 
 @router.get("/spaces", tags=["spaces"])
-async def list_spaces(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
-    return [_space(row) for row in await ctx.db.fetch(_SPACE_SQL + " ORDER BY s.id")]
+async def list_spaces(
+    response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
+) -> list[dict[str, Any]]:
+    return [_space(row) for row in await fetch_page(ctx.db, response, _SPACE_SQL, "s", page)]
 
 
 @router.get("/spaces/tree", tags=["spaces"])

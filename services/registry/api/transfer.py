@@ -18,7 +18,7 @@ from libs.auth import new_token, token_digest
 from libs.db import Queryable
 from libs.service import ProblemError, ServiceContext, bad_request, get_context
 from services.registry.api import acquisition, metering
-from services.registry.api.common import Body, publish_change
+from services.registry.api.common import Body, escape_like, publish_change
 from services.registry.resources.framework import ImportBody
 
 
@@ -81,9 +81,7 @@ async def _copy_name(db: Queryable, table: str, name: str) -> str:
     stem = f"{name} (copy)"
     taken = {
         r["name"]
-        for r in await db.fetch(
-            f"SELECT name FROM {table} WHERE name LIKE $1", stem.replace("%", r"\%") + "%"
-        )
+        for r in await db.fetch(f"SELECT name FROM {table} WHERE name LIKE $1", escape_like(stem) + "%")
     }
     candidate, n = stem, 2
     while candidate in taken:

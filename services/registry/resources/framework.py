@@ -16,12 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from libs.db import Queryable
 from libs.service import ProblemError, ServiceContext, bad_request, get_context, not_found
-from services.registry.api.common import parse_json_field, publish_change
+from services.registry.api.common import (
+    Page,
+    escape_like,
+    fetch_page,
+    page_params,
+    parse_json_field,
+    publish_change,
+)
 
 Validator = Callable[[Queryable, dict[str, Any], int | None], Awaitable[None]]
 
@@ -246,19 +253,11 @@ def resource_router(resource: Resource, bindings: Sequence[Binding] = ()) -> API
 
     @router.get(base, name=f"list {resource.path}")
     async def list_items(
-        response: Response,
-        q: str | None = Query(None, max_length=255, description="Only objects whose name contains this"),
-        limit: int = Query(1000, ge=1, le=10000),
-        offset: int = Query(0, ge=0),
-        ctx: ServiceContext = Depends(get_context),
+        response: Response, page: Page = Depends(page_params), ctx: ServiceContext = Depends(get_context)
     ) -> list[dict[str, Any]]:
-        where, args = ("", []) if not q else (" WHERE t.name ILIKE $1", [f"%{_escape_like(q)}%"])
-        total = await ctx.db.fetchval(f"SELECT count(*) FROM {resource.table} t{where}", *args)
-        rows = await ctx.db.fetch(
-            f"{_select(resource)}{where} ORDER BY t.id LIMIT {limit} OFFSET {offset}", *args
-        )
-        response.headers["X-Total-Count"] = str(total)
-        return [_out(resource, row) for row in rows]
+        return [
+            _out(resource, row) for row in await fetch_page(ctx.db, response, _select(resource), "t", page)
+        ]
 
     @router.get(base + "/{item_id}", name=f"get {resource.label}")
     async def get_item(item_id: int, ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
@@ -348,7 +347,7 @@ def resource_router(resource: Resource, bindings: Sequence[Binding] = ()) -> API
             taken = {
                 r["name"]
                 for r in await ctx.db.fetch(
-                    f"SELECT name FROM {resource.table} WHERE name LIKE $1", f"{_escape_like(stem)}%"
+                    f"SELECT name FROM {resource.table} WHERE name LIKE $1", f"{escape_like(stem)}%"
                 )
             }
             name, n = stem, 2
@@ -361,10 +360,6 @@ def resource_router(resource: Resource, bindings: Sequence[Binding] = ()) -> API
             return {"id": new_id}
 
     return router
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 _BINDINGS: list[Binding] = []
