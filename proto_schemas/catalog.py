@@ -145,7 +145,7 @@ CATALOG: list[Entry] = [
     ),
     Entry(
         RegistryChange,
-        topics.REGISTRY_CHANGES,
+        topics.CONFIG_CHANGED,
         (),
         "internal",
         "A committed registry write; services refresh their caches",

@@ -12,7 +12,7 @@ from proto_schemas.base import Message
 class RegistryChange(Message):
     """Published by the registry after every committed write, so other services refresh their caches."""
 
-    schema_name = "gridfleet.registry_change"
+    schema_name = "gridfleet.config_changed"
 
     entity: str = Field(description="e.g. point, meter, meter_point, gateway, space")
     action: Literal["created", "updated", "deleted", "bound", "unbound"]

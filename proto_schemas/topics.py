@@ -34,7 +34,7 @@ def gateway_of(topic: str) -> str:
 # Internal pipeline.
 READINGS_RAW = f"{INTERNAL_ROOT}/readings/raw"
 ENERGY_INTERVALS = f"{INTERNAL_ROOT}/energy/intervals"
-REGISTRY_CHANGES = f"{INTERNAL_ROOT}/registry/changes"
+CONFIG_CHANGED = f"{INTERNAL_ROOT}/config/changed"
 GATEWAYS_SEEN = f"{INTERNAL_ROOT}/gateways/seen"
 COMMAND_REQUESTS = f"{INTERNAL_ROOT}/commands/requests"
 ONBOARDING_EVENTS = f"{INTERNAL_ROOT}/onboarding/events"

@@ -141,7 +141,7 @@ EXAMPLES: dict[str, Any] = {
         "energy": [64.5],
         "quality": [0],
     },
-    "internal.registry.changes": {"entity": "point", "action": "updated", "id": 1042},
+    "internal.config.changed": {"entity": "point", "action": "updated", "id": 1042},
     "internal.gateways.seen": {"gateway_uuid": "gw-1", "last_seen_ms": 1743297600000, "status": "online"},
     "internal.deadletter": {
         "service": "ingestion",

@@ -62,7 +62,7 @@ class Aggregation:
     def register(self) -> None:
         self.ctx.mqtt.subscribe(topics.ENERGY_INTERVALS, EnergyIntervalBatch, self.on_intervals, batch_max=50)
         self.ctx.mqtt.subscribe(
-            topics.REGISTRY_CHANGES,
+            topics.CONFIG_CHANGED,
             RegistryChange,
             self.on_registry_change,
             shared=False,

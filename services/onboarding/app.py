@@ -31,7 +31,7 @@ async def setup(ctx: ServiceContext) -> None:
             log.debug("registry change", extra={"fields": {"entity": delivery.model.entity}})
 
     ctx.mqtt.subscribe(
-        topics.REGISTRY_CHANGES, RegistryChange, on_change, shared=True, name="registry-changes"
+        topics.CONFIG_CHANGED, RegistryChange, on_change, shared=True, name="registry-changes"
     )
 
 

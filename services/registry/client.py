@@ -84,7 +84,7 @@ class PointDirectory:
                 self._stale.set()
 
         self._ctx.mqtt.subscribe(
-            topics.REGISTRY_CHANGES,
+            topics.CONFIG_CHANGED,
             RegistryChange,
             on_change,
             shared=False,

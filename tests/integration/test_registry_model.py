@@ -228,7 +228,7 @@ async def test_virtual_meter_expressions_are_validated_on_save(platform: Platfor
 
 async def test_a_registry_change_reaches_the_bus_within_a_second(platform: Platform) -> None:
     async with platform.mqtt() as client:
-        await client.subscribe(platform.topic(topics.REGISTRY_CHANGES), qos=1)
+        await client.subscribe(platform.topic(topics.CONFIG_CHANGED), qos=1)
         await asyncio.sleep(0.2)
         started = time.monotonic()
         created = await create(platform, "contacts", {"name": unique("Bus")})

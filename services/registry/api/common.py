@@ -124,7 +124,7 @@ async def publish_change(
         return
     change = RegistryChange(entity=entity, action=action, id=ident, related_id=related)
     try:
-        await ctx.bus.publish(topics.REGISTRY_CHANGES, change, wait_s=5)
+        await ctx.bus.publish(topics.CONFIG_CHANGED, change, wait_s=5)
     except Exception:
         log.warning("registry change not published", extra={"fields": {"entity": entity, "id": ident}})
 
