@@ -28,6 +28,8 @@ ROUTES: dict[str, str] = {
     "workingcalendars": "registry",
     "offlinemeters": "registry",
     "virtualmeters": "registry",
+    "nonworkingdays": "registry",
+    "offlinemeterfiles": "registry",
     # reporting
     "reports": "reporting",
     # command and control

@@ -30,9 +30,7 @@ async def setup(ctx: ServiceContext) -> None:
         for delivery in deliveries:
             log.debug("registry change", extra={"fields": {"entity": delivery.model.entity}})
 
-    ctx.mqtt.subscribe(
-        topics.CONFIG_CHANGED, RegistryChange, on_change, shared=True, name="registry-changes"
-    )
+    ctx.mqtt.subscribe(topics.CONFIG_CHANGED, RegistryChange, on_change, shared=True, name="registry-changes")
 
 
 def create_app() -> FastAPI:

@@ -11,7 +11,17 @@ from libs.bus import Delivery
 from libs.service import ServiceContext, create_service_app
 from proto_schemas import topics
 from proto_schemas.registry import GatewaySeen
-from services.registry.api import acquisition, internal, lookups, metering, transfer, users
+from services.registry.api import (
+    acquisition,
+    calendars,
+    internal,
+    lookups,
+    metering,
+    offline_files,
+    parameters,
+    transfer,
+    users,
+)
 from services.registry.resources import myems
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -55,6 +65,9 @@ def create_app() -> FastAPI:
             metering.router,
             transfer.router(),
             *myems.routers(),
+            calendars.router,
+            parameters.router,
+            offline_files.router,
             internal.router,
         ],
         migrations=MIGRATIONS,

@@ -429,3 +429,114 @@ async def test_the_myems_flow_of_seed_001_works_through_the_gateway(platform: Pl
         deleted = await platform.api.delete(f"/{path}/{ident}")
         assert deleted.status_code == 204, (path, deleted.text)
         assert (await platform.api.get(f"/{path}/{ident}")).status_code == 404
+
+
+async def test_working_calendars_hold_non_working_days(platform: Platform) -> None:
+    calendar = await create(platform, "workingcalendars", {"name": unique("Plant calendar")})
+    day = await platform.api.post(
+        f"/workingcalendars/{calendar}/nonworkingdays",
+        json={"data": {"date_local": "2026-12-25", "description": "Christmas"}},
+    )
+    assert day.status_code == 201
+    again = await platform.api.post(
+        f"/workingcalendars/{calendar}/nonworkingdays", json={"data": {"date_local": "2026-12-25"}}
+    )
+    assert again.status_code == 409
+    bad = await platform.api.post(
+        f"/workingcalendars/{calendar}/nonworkingdays", json={"data": {"date_local": "2026-02-30"}}
+    )
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "data.date_local"
+    listed = (await platform.api.get(f"/workingcalendars/{calendar}/nonworkingdays")).json()
+    assert [(d["date_local"], d["description"]) for d in listed] == [("2026-12-25", "Christmas")]
+    site = await build_site(platform.api, unique("cal"))
+    assert (
+        await platform.api.post(
+            f"/spaces/{site.space_id}/workingcalendars", json={"data": {"working_calendar_id": calendar}}
+        )
+    ).status_code == 201
+    assert (await platform.api.delete(f"/workingcalendars/{calendar}")).status_code == 409
+    assert (await platform.api.delete(f"/nonworkingdays/{day.json()['id']}")).status_code == 204
+
+
+async def test_equipment_parameters_are_constants_points_or_meter_fractions(platform: Platform) -> None:
+    site = await build_site(platform.api, unique("param"), energy_points=("in", "out"))
+    equipment = await create(platform, "equipments", {"name": unique("Boiler")})
+    meters = {m["id"]: m["uuid"] for m in (await platform.api.get("/meters", params={"q": "param"})).json()}
+    fraction = {
+        "name": "efficiency",
+        "parameter_type": "fraction",
+        "numerator_meter_uuid": meters[site.meters["out"]],
+        "denominator_meter_uuid": meters[site.meters["in"]],
+    }
+    created = await platform.api.post(f"/equipments/{equipment}/parameters", json={"data": fraction})
+    assert created.status_code == 201, created.text
+    constant = await platform.api.post(
+        f"/equipments/{equipment}/parameters",
+        json={"data": {"name": "rated", "parameter_type": "constant", "constant": "120"}},
+    )
+    assert constant.status_code == 201
+    listed = (await platform.api.get(f"/equipments/{equipment}/parameters")).json()
+    assert [p["name"] for p in listed] == ["efficiency", "rated"]
+    assert listed[0]["numerator_meter"]["id"] == site.meters["out"]
+    missing = await platform.api.post(
+        f"/equipments/{equipment}/parameters", json={"data": {"name": "p", "parameter_type": "point"}}
+    )
+    assert missing.status_code == 400
+    unknown = await platform.api.post(
+        f"/equipments/{equipment}/parameters",
+        json={"data": {**fraction, "name": "x", "numerator_meter_uuid": str(uuid.uuid4())}},
+    )
+    assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "numerator_meter_uuid"
+
+
+async def test_offline_meter_files_are_accepted_whole_or_refused_with_the_row(platform: Platform) -> None:
+    from io import BytesIO
+
+    from openpyxl import Workbook
+
+    category = next(
+        c for c in (await platform.api.get("/energycategories")).json() if c["name"] == "Electricity"
+    )
+    name = unique("Gas")
+    meter = await create(platform, "offlinemeters", {"name": name, "energy_category_id": category["id"]})
+    good = f"meter,start_datetime,end_datetime,value\n{meter},2026-01-01T00:00:00,2026-02-01T00:00:00,1200.5\n{name},2026-02-01T00:00:00,2026-03-01T00:00:00,980\n"
+    answer = await platform.api.post(
+        "/offlinemeterfiles",
+        files={"file": ("jan-feb.csv", good.encode(), "text/csv")},
+        data={"timezone": "Europe/Brussels"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert (answer.json()["status"], answer.json()["rows_accepted"]) == ("done", 2)
+    stored = await platform.db.fetch(
+        f'SELECT start_datetime, value FROM "{platform.schema("registry")}".offline_meter_values WHERE offline_meter_id = $1 ORDER BY 1',
+        meter,
+    )
+    assert [(r["start_datetime"].isoformat(), r["value"]) for r in stored] == [
+        ("2025-12-31T23:00:00+00:00", 1200.5),
+        ("2026-01-31T23:00:00+00:00", 980.0),
+    ]
+    bad = f"meter,start_datetime,end_datetime,value\n{meter},2026-03-01T00:00:00Z,2026-04-01T00:00:00Z,5\n{meter},2026-04-01T00:00:00Z,2026-03-01T00:00:00Z,7\n"
+    refused = (
+        await platform.api.post("/offlinemeterfiles", files={"file": ("bad.csv", bad.encode(), "text/csv")})
+    ).json()
+    assert (refused["status"], refused["error_row"]) == ("error", 3)
+    assert "end_datetime must be after start_datetime" in refused["error_reason"]
+    count = await platform.db.fetchval(
+        f'SELECT count(*) FROM "{platform.schema("registry")}".offline_meter_values WHERE offline_meter_id = $1',
+        meter,
+    )
+    assert count == 2  # nothing of the bad file was kept
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["meter", "start_datetime", "end_datetime", "value"])
+    sheet.append([name, "2026-05-01T00:00:00+00:00", "2026-06-01T00:00:00+00:00", 42])
+    buffer = BytesIO()
+    book.save(buffer)
+    xlsx = await platform.api.post(
+        "/offlinemeterfiles", files={"file": ("may.xlsx", buffer.getvalue(), "application/octet-stream")}
+    )
+    assert xlsx.json()["status"] == "done", xlsx.text
+    restored = await platform.api.get(f"/offlinemeterfiles/{answer.json()['id']}/restore")
+    assert restored.content == good.encode()

@@ -243,6 +243,32 @@ BINDINGS = (
     _link(STORES, "points", "store_points", "store_id"),
     _link(TENANTS, "meters", "tenant_meters", "tenant_id"),
     _link(TENANTS, "points", "tenant_points", "tenant_id"),
+    _link(EQUIPMENTS, "offlinemeters", "equipment_offline_meters", "equipment_id", ("is_output",)),
+    _link(EQUIPMENTS, "virtualmeters", "equipment_virtual_meters", "equipment_id", ("is_output",)),
+    _link(
+        COMBINED_EQUIPMENTS,
+        "offlinemeters",
+        "combined_equipment_offline_meters",
+        "combined_equipment_id",
+        ("is_output",),
+    ),
+    _link(
+        COMBINED_EQUIPMENTS,
+        "virtualmeters",
+        "combined_equipment_virtual_meters",
+        "combined_equipment_id",
+        ("is_output",),
+    ),
+    *(
+        _link(
+            parent,
+            child,
+            f"{parent.table.removesuffix('s')}_{_CHILDREN[child][0]}",
+            f"{parent.table.removesuffix('s')}_id",
+        )
+        for parent in (SHOPFLOORS, STORES, TENANTS)
+        for child in ("offlinemeters", "virtualmeters", "sensors", "workingcalendars")
+    ),
 )
 
 # Links served by hand-written routes (services/registry/api/metering.py), known for delete protection.
