@@ -10,16 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
-
-# Anything a query can run on: the pool, a connection, or a connection borrowed from the pool.
-Queryable = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
@@ -34,13 +35,116 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """A pool whose connections see `schema` first (and `public` for extensions)."""
+# Row-level security: a service whose tables belong to tenants (service providers) runs every query as this
+# role with `gridfleet.*` settings naming who asks; policies in its migrations then show each caller only its
+# own provider's rows. Superusers bypass row-level security, so a superuser login switches to this role.
+TENANT_ROLE = "gridfleet_tenant"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who a connection works for: the policies read these as `gridfleet.admin|provider|user|role`."""
+
+    admin: bool = False
+    provider_id: int | None = None
+    user_id: int | None = None
+    role: str = ""
+
+
+SYSTEM = Scope(admin=True, role="system")
+NOBODY = Scope()
+
+_SCOPE_SQL = (
+    "SELECT set_config('gridfleet.admin', $1, false), set_config('gridfleet.provider', $2, false),"
+    " set_config('gridfleet.user', $3, false), set_config('gridfleet.role', $4, false)"
+)
+
+
+async def apply_scope(conn: Queryable, scope: Scope) -> None:
+    await conn.execute(
+        _SCOPE_SQL,
+        "on" if scope.admin else "off",
+        "" if scope.provider_id is None else str(scope.provider_id),
+        "" if scope.user_id is None else str(scope.user_id),
+        scope.role,
+    )
+
+
+class _TenantSetup:
+    """Run on every acquire: switch a superuser login to the tenant role, then deny everything by default."""
+
+    def __init__(self) -> None:
+        self.use_role: bool | None = None
+
+    async def __call__(self, conn: asyncpg.Connection) -> None:
+        if self.use_role is None:
+            row = await conn.fetchrow(
+                "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user),"
+                " EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+                TENANT_ROLE,
+            )
+            assert row is not None
+            superuser, role_exists = row
+            if not superuser:
+                self.use_role = False  # row-level security (forced) applies to this login as it is
+            elif role_exists:
+                self.use_role = True
+        if self.use_role:
+            await conn.execute(f"SET ROLE {TENANT_ROLE}")
+        await apply_scope(conn, NOBODY)
+
+
+class ScopedDB:
+    """One connection, already scoped, offering the pool's query methods (used for the life of a request)."""
+
+    def __init__(self, conn: PoolConnectionProxy) -> None:
+        self.conn = conn
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return list(await self.conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self.conn.execute(query, *args)
+
+    async def executemany(self, query: str, args: Any) -> None:
+        await self.conn.executemany(query, args)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
+        yield self.conn
+
+
+# Anything a query can run on: the pool, a connection, a borrowed connection, or a request's scoped one.
+Queryable = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy | ScopedDB
+
+
+@asynccontextmanager
+async def scoped(pool: asyncpg.Pool, scope: Scope) -> AsyncIterator[PoolConnectionProxy]:
+    """A connection of the pool working for `scope` (e.g. SYSTEM for a service's own background work)."""
+    async with pool.acquire() as conn:
+        await apply_scope(conn, scope)
+        yield conn
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 8, tenancy: bool = False
+) -> asyncpg.Pool:
+    """A pool whose connections see `schema` first (and `public` for extensions).
+
+    With `tenancy`, every connection handed out is scoped to nobody until a caller applies a scope.
+    """
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        setup=cast(Any, _TenantSetup()) if tenancy else None,
         server_settings={"search_path": f"{schema},public", "application_name": f"gridfleet-{schema}"},
     )
     assert pool is not None
@@ -72,6 +176,8 @@ async def migrate(pool: asyncpg.Pool, schema: str, directory: Path) -> list[str]
     migrations = discover_migrations(directory)
     applied_now: list[str] = []
     async with pool.acquire() as conn:
+        await conn.execute("RESET ROLE")  # migrations run as the login role, even on a tenancy pool
+        await apply_scope(conn, SYSTEM)
         await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema))
         try:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -29,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.auth import constant_time_equals
 from libs.bus import Bus
-from libs.db import create_pool, migrate
+from libs.db import SYSTEM, Scope, ScopedDB, create_pool, migrate, scoped
 from libs.logs import configure_logging, correlation_id, new_correlation_id
 from libs.settings import Settings, get_settings
 
@@ -38,6 +40,11 @@ log = logging.getLogger(__name__)
 INTERNAL_TOKEN_HEADER = "X-Gridfleet-Internal"
 PRINCIPAL_HEADER = "X-Gridfleet-Principal"
 CORRELATION_HEADER = "X-Correlation-ID"
+
+# The principal header of the request being served, forwarded on calls to sibling services.
+current_principal_header: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "principal", default=None
+)
 
 REQUESTS = Counter("gridfleet_http_requests_total", "HTTP requests", ["service", "method", "status"])
 REQUEST_SECONDS = Histogram("gridfleet_http_request_seconds", "HTTP request time", ["service"])
@@ -101,6 +108,13 @@ class Principal:
     name: str
     is_admin: bool = False
     privileges: list[str] = field(default_factory=list)
+    provider_id: int | None = None
+    role: str = "platform_admin"
+    via_key: bool = False  # authenticated by an API key (read-only)
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(admin=self.is_admin, provider_id=self.provider_id, user_id=self.user_id, role=self.role)
 
     @classmethod
     def from_header(cls, raw: str | None) -> Principal | None:
@@ -125,10 +139,21 @@ class ServiceContext:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
 
+    tenancy: bool = False
+    scoped_db: ScopedDB | None = None
+
     @property
     def db(self) -> asyncpg.Pool:
+        """The request's scoped connection where the service has tenancy, else the pool."""
+        if self.scoped_db is not None:
+            return cast(asyncpg.Pool, self.scoped_db)  # same query methods, one scoped connection
         assert self.pool is not None, f"{self.name} has no database"
         return self.pool
+
+    def system(self) -> AbstractAsyncContextManager[PoolConnectionProxy]:
+        """A connection that sees every provider's rows, for the service's own background work."""
+        assert self.pool is not None
+        return scoped(self.pool, SYSTEM)
 
     @property
     def mqtt(self) -> Bus:
@@ -152,12 +177,19 @@ class ServiceContext:
         self.tasks.append(asyncio.create_task(supervised(), name=name))
 
     def internal_headers(self, principal: Principal | None = None) -> dict[str, str]:
+        """Headers for a sibling call: the internal token, the correlation id, and who is asking.
+
+        Without an explicit principal the caller's own (from the request being served) travels on, so the
+        sibling applies the same tenancy; background work has none and acts as the system.
+        """
         headers = {INTERNAL_TOKEN_HEADER: self.settings.internal_token}
         cid = correlation_id.get()
         if cid:
             headers[CORRELATION_HEADER] = cid
         if principal is not None:
             headers[PRINCIPAL_HEADER] = principal.to_header()
+        elif (forwarded := current_principal_header.get()) is not None:
+            headers[PRINCIPAL_HEADER] = forwarded
         return headers
 
     async def call(self, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -169,14 +201,32 @@ class ServiceContext:
         )
 
 
-def get_context(request: Request) -> ServiceContext:
+def sibling_client(max_connections: int = 100) -> httpx.AsyncClient:
+    """HTTP client for calls between services: pooled connections kept 30 s."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=30.0),
+    )
+
+
+async def get_context(request: Request) -> AsyncIterator[ServiceContext]:
+    """The service context; with tenancy, bound for this request to a connection scoped to the caller.
+
+    A call carrying a principal sees what that principal may see; an internal call without one (a sibling
+    service reading a read model) works as the system.
+    """
     ctx: ServiceContext = request.app.state.ctx
-    return ctx
+    if not ctx.tenancy or ctx.pool is None:
+        yield ctx
+        return
+    principal = current_principal(request)
+    async with scoped(ctx.pool, principal.scope if principal else SYSTEM) as conn:
+        yield replace(ctx, scoped_db=ScopedDB(conn))
 
 
 def require_internal(request: Request) -> None:
     """Every service route except health is for the gateway and sibling services only."""
-    ctx = get_context(request)
+    ctx: ServiceContext = request.app.state.ctx
     supplied = request.headers.get(INTERNAL_TOKEN_HEADER, "")
     if not supplied or not constant_time_equals(supplied, ctx.settings.internal_token):
         raise ProblemError(401, "Unauthorized", "this service is reached through the gridfleet gateway")
@@ -222,11 +272,20 @@ def install_observability(app: FastAPI, service: str) -> None:
     async def _correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         cid = request.headers.get(CORRELATION_HEADER) or new_correlation_id()
         token = correlation_id.set(cid)
+        # Only a caller holding the internal token may speak for someone (the gateway, a sibling service).
+        supplied = request.headers.get(INTERNAL_TOKEN_HEADER, "")
+        trusted = bool(supplied) and constant_time_equals(
+            supplied, request.app.state.ctx.settings.internal_token
+        )
+        principal_token = current_principal_header.set(
+            request.headers.get(PRINCIPAL_HEADER) if trusted else None
+        )
         started = time.perf_counter()
         try:
             response = await call_next(request)
         finally:
             correlation_id.reset(token)
+            current_principal_header.reset(principal_token)
         REQUEST_SECONDS.labels(service).observe(time.perf_counter() - started)
         REQUESTS.labels(service, request.method, str(response.status_code)).inc()
         response.headers[CORRELATION_HEADER] = cid
@@ -248,18 +307,19 @@ def create_service_app(
     settings: Settings | None = None,
     internal_only: bool = True,
     title: str | None = None,
+    tenancy: bool = False,
 ) -> FastAPI:
     """A gridfleet service app. `setup` registers subscriptions and background tasks before the bus starts."""
     cfg = settings or get_settings()
-    ctx = ServiceContext(name=name, settings=cfg)
+    ctx = ServiceContext(name=name, settings=cfg, tenancy=tenancy)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(name, cfg.log_level, cfg.log_json)
         schema = cfg.schema_for(name)
-        ctx.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        ctx.http = sibling_client()
         if migrations is not None:
-            ctx.pool = await _connect_db(cfg, schema)
+            ctx.pool = await _connect_db(cfg, schema, tenancy)
             await migrate(ctx.pool, schema, migrations)
         if use_bus:
             ctx.bus = Bus(cfg, name)
@@ -320,13 +380,13 @@ def create_service_app(
     return app
 
 
-async def _connect_db(cfg: Settings, schema: str) -> asyncpg.Pool:
+async def _connect_db(cfg: Settings, schema: str, tenancy: bool) -> asyncpg.Pool:
     """Connect, waiting for a database that is still starting (up to a minute)."""
     deadline = time.monotonic() + 60
     while True:
         try:
             return await create_pool(
-                cfg.database_url, schema, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max
+                cfg.database_url, schema, min_size=cfg.db_pool_min, max_size=cfg.db_pool_max, tenancy=tenancy
             )
         except (OSError, asyncpg.CannotConnectNowError) as exc:
             if time.monotonic() > deadline:
@@ -349,6 +409,9 @@ def run_service(app: FastAPI, name: str) -> None:
         log_config=None,
         loop="uvloop" if _has_uvloop() else "asyncio",
         timeout_graceful_shutdown=5,
+        # Longer than any client's keep-alive (sibling_client keeps 30 s), so a server never closes a
+        # connection at the instant a client reuses it.
+        timeout_keep_alive=75,
     )
 
 

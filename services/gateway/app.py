@@ -25,6 +25,7 @@ from libs.service import (
     ServiceContext,
     install_observability,
     install_problem_handlers,
+    sibling_client,
 )
 from libs.settings import SERVICES, Settings, get_settings
 from services.gateway.auth import Authenticator
@@ -99,9 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging("gateway", cfg.log_level, cfg.log_json)
-        ctx.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=5.0), limits=httpx.Limits(max_connections=200)
-        )
+        ctx.http = sibling_client(max_connections=200)
         try:
             yield
         finally:

@@ -15,6 +15,8 @@ ROUTES: dict[str, str] = {
     "spaces": "registry",
     "contacts": "registry",
     "costcenters": "registry",
+    "tariffs": "registry",
+    "instances": "registry",
     "energyitems": "registry",
     "protocols": "registry",
     "sensors": "registry",

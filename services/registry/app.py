@@ -14,11 +14,13 @@ from proto_schemas.registry import GatewaySeen
 from services.registry.api import (
     acquisition,
     calendars,
+    instances,
     internal,
     lookups,
     metering,
     offline_files,
     parameters,
+    tariffs,
     transfer,
     users,
 )
@@ -38,11 +40,12 @@ async def _record_seen(ctx: ServiceContext, deliveries: list[Delivery[GatewaySee
         for uuid, seen in latest.items()
     ]
     # Never move last_seen backwards: a redelivered or late notice changes nothing.
-    await ctx.db.executemany(
-        "UPDATE gateways SET last_seen_at = GREATEST(coalesce(last_seen_at, $2), $2),"
-        " reported_status = coalesce($3, reported_status) WHERE uuid = $1::uuid",
-        rows,
-    )
+    async with ctx.system() as conn:
+        await conn.executemany(
+            "UPDATE gateways SET last_seen_at = GREATEST(coalesce(last_seen_at, $2), $2),"
+            " reported_status = coalesce($3, reported_status) WHERE uuid = $1::uuid",
+            rows,
+        )
 
 
 async def setup(ctx: ServiceContext) -> None:
@@ -63,6 +66,8 @@ def create_app() -> FastAPI:
             lookups.router,
             acquisition.router,
             metering.router,
+            tariffs.router,
+            instances.router,
             transfer.router(),
             *myems.routers(),
             calendars.router,
@@ -72,5 +77,6 @@ def create_app() -> FastAPI:
         ],
         migrations=MIGRATIONS,
         setup=setup,
+        tenancy=True,
         title="gridfleet registry",
     )
