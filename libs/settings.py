@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # A gateway is online while it was seen within this many seconds.
     gateway_online_window_s: int = 300
     replica: str = "0"
+    # Gateway rate limits: per user or key, and per address for unauthenticated calls (login).
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
+    login_rate_per_min: float = Field(30.0, gt=0)
 
     registry_url: str | None = None
     ingestion_url: str | None = None

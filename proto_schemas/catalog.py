@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from proto_schemas import topics
+from proto_schemas.audit import AuditEvent
 from proto_schemas.base import Message
 from proto_schemas.command import Command, CommandAck
 from proto_schemas.control import ControlAck, ControlState, ScheduleAck, ScheduleState
@@ -156,6 +157,13 @@ CATALOG: list[Entry] = [
         (),
         "internal",
         "When ingestion last heard from each gateway, for the registry",
+    ),
+    Entry(
+        AuditEvent,
+        topics.AUDIT,
+        (),
+        "internal",
+        "Every write and control call through the gateway: who, what, when, from where, outcome",
     ),
     Entry(
         DeadLetter,

@@ -142,6 +142,18 @@ EXAMPLES: dict[str, Any] = {
         "quality": [0],
     },
     "internal.config.changed": {"entity": "point", "action": "updated", "id": 1042},
+    "internal.audit": {
+        "event_key": "3f6c2b1e9a0d4c5b8e7f6a5b4c3d2e1f",
+        "at": "2026-11-22T10:00:00Z",
+        "actor": "operator.jane",
+        "actor_kind": "user",
+        "provider_id": 7,
+        "action": "PUT",
+        "object": "meters/42",
+        "outcome": 200,
+        "source_address": "203.0.113.9",
+        "correlation_id": "8d1f0c2b",
+    },
     "internal.gateways.seen": {"gateway_uuid": "gw-1", "last_seen_ms": 1743297600000, "status": "online"},
     "internal.deadletter": {
         "service": "ingestion",

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from libs.logs import configure_logging
+from libs.bus import Bus, Delivery
+from libs.logs import configure_logging, correlation_id
 from libs.service import (
     ProblemError,
     ServiceContext,
@@ -28,7 +32,11 @@ from libs.service import (
     sibling_client,
 )
 from libs.settings import SERVICES, Settings, get_settings
-from services.gateway.auth import Authenticator
+from proto_schemas import topics
+from proto_schemas.audit import AuditEvent
+from proto_schemas.registry import RegistryChange
+from services.gateway.auth import Authenticator, RateLimiter
+from services.gateway.policy import Denied, authorize
 from services.gateway.routing import PUBLIC, ROUTES, service_for
 
 log = logging.getLogger(__name__)
@@ -92,18 +100,46 @@ async def merged_openapi(ctx: ServiceContext) -> dict[str, Any]:
     return doc
 
 
+def _login_name(body: bytes) -> str:
+    """The name tried at login, for the audit log (never the password)."""
+    try:
+        data = orjson.loads(body).get("data", {})
+        return str(data.get("name") or data.get("email") or "?")[:255]
+    except (orjson.JSONDecodeError, AttributeError):
+        return "?"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     cfg = settings or get_settings()
     ctx = ServiceContext(name="gateway", settings=cfg)
     authenticator = Authenticator(ctx)
+    per_principal = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
+    per_address = RateLimiter(cfg.login_rate_per_min / 60.0, max(1, int(cfg.login_rate_per_min)))
+    audit_tasks: set[asyncio.Task[None]] = set()
+
+    async def on_change(deliveries: list[Delivery[RegistryChange]]) -> None:
+        if any(d.model.entity in ("user", "api_key", "provider") for d in deliveries):
+            authenticator.forget_all()
+
+    async def audit(event: AuditEvent) -> None:
+        try:
+            await ctx.mqtt.publish(topics.AUDIT, event, wait_s=10)
+        except Exception:
+            log.error("audit event not published", extra={"fields": {"object": event.object}})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging("gateway", cfg.log_level, cfg.log_json)
         ctx.http = sibling_client(max_connections=200)
+        ctx.bus = Bus(cfg, "gateway")
+        ctx.bus.subscribe(topics.CONFIG_CHANGED, RegistryChange, on_change, shared=False, batch_max=100)
+        await ctx.bus.start()
         try:
             yield
         finally:
+            if audit_tasks:
+                await asyncio.wait(audit_tasks, timeout=5)
+            await ctx.bus.stop()
             await ctx.http.aclose()
 
     app = FastAPI(
@@ -145,9 +181,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = service_for(path)
         if service is None or path.startswith("internal") or "/internal" in path:
             raise ProblemError(404, "Not found", f"no resource at {API_PREFIX}/{path}")
+        address = request.client.host if request.client else "unknown"
         principal = None
-        if (request.method, path.rstrip("/")) not in PUBLIC:
+        if (request.method, path.rstrip("/")) in PUBLIC:
+            per_address.check(address, "this address")
+        else:
             principal = await authenticator.authenticate(request)
+            per_principal.check(
+                f"{principal.user_id}:{principal.via_key}",
+                "this user" if not principal.via_key else "this key",
+            )
+            try:
+                authorize(principal, request.method, path)
+            except Denied as exc:
+                raise ProblemError(403, "Forbidden", exc.reason) from exc
         if (request.method, path.rstrip("/")) == ("PUT", "users/logout"):
             authenticator.forget(request)
         body = await request.body()
@@ -172,6 +219,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ProblemError(
                 503, "Unavailable", f"the {service} service is not reachable; retry shortly"
             ) from exc
+        if request.method != "GET":
+            event = AuditEvent(
+                event_key=uuid.uuid4().hex,
+                at=datetime.now(UTC),
+                actor=principal.name if principal else _login_name(body),
+                actor_kind="anonymous" if principal is None else ("api_key" if principal.via_key else "user"),
+                provider_id=principal.provider_id if principal else None,
+                action=request.method,
+                object=path[:1024],
+                outcome=upstream.status_code,
+                source_address=address[:64],
+                correlation_id=correlation_id.get(),
+            )
+            task = asyncio.create_task(audit(event))
+            audit_tasks.add(task)
+            task.add_done_callback(audit_tasks.discard)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
         if "location" in out_headers and out_headers["location"].startswith("/"):
             out_headers["location"] = f"{API_PREFIX}{out_headers['location']}"

@@ -32,6 +32,10 @@ ROUTES: dict[str, str] = {
     "virtualmeters": "registry",
     "nonworkingdays": "registry",
     "offlinemeterfiles": "registry",
+    # identity
+    "apikeys": "registry",
+    "serviceproviders": "registry",
+    "auditlogs": "registry",
     # reporting
     "reports": "reporting",
     # command and control

@@ -9,6 +9,7 @@ storing transaction, so a crash loses nothing and a redelivery (all rows known a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections import defaultdict
@@ -99,69 +100,80 @@ class Normalisation:
         self.points.watch()
         self.ctx.mqtt.subscribe(topics.READINGS_RAW, RawReadingBatch, self.on_raw, batch_max=50)
 
-    async def on_raw(self, deliveries: list[Delivery[RawReadingBatch]]) -> None:
-        await self.points.refresh_if_missing({p for d in deliveries for p in d.model.point_ids})
+    def _normalise(self, batch: RawReadingBatch) -> tuple[list[float], list[int]]:
+        """Values in the point's unit (raw x ratio) and their quality."""
         known = self.points.points
-        point_ids: list[int] = []
-        ts_ms: list[int] = []
         values: list[float] = []
         qualities: list[int] = []
-        for delivery in deliveries:
-            batch = delivery.model
-            point_ids.extend(batch.point_ids)
-            ts_ms.extend(batch.ts_ms)
-            for point_id, raw in zip(batch.point_ids, batch.values, strict=True):
-                info = known.get(point_id)
-                if info is None:
-                    # Deleted between ingestion and here: keep the reading, flagged, rather than lose it.
-                    values.append(raw)
-                    qualities.append(Quality.SUSPECT)
-                    continue
-                value = raw * info.ratio
-                values.append(value)
-                qualities.append(classify(info, value))
-        if not point_ids:
-            return
-        batch_id = hashlib.sha256("|".join(d.model.batch_id for d in deliveries).encode()).hexdigest()[:32]
-        cid = deliveries[0].model.correlation_id
-        correlation_id.set(cid)
+        for point_id, raw in zip(batch.point_ids, batch.values, strict=True):
+            info = known.get(point_id)
+            if info is None:
+                # Deleted between ingestion and here: keep the reading, flagged, rather than lose it.
+                values.append(raw)
+                qualities.append(Quality.SUSPECT)
+                continue
+            value = raw * info.ratio
+            values.append(value)
+            qualities.append(classify(info, value))
+        return values, qualities
 
+    async def on_raw(self, deliveries: list[Delivery[RawReadingBatch]]) -> None:
+        """Store and turn into intervals each raw batch in turn, in one transaction.
+
+        Each input batch gives its own output batch, with an id derived from the input's: after a crash the
+        broker may redeliver the inputs grouped differently, and aggregation must still recognise every
+        output it already applied. So each input is inserted and computed on its own, in arrival order.
+        """
+        await self.points.refresh_if_missing({p for d in deliveries for p in d.model.point_ids})
+        known = self.points.points
+        correlation_id.set(deliveries[0].model.correlation_id)
+        outputs: list[EnergyIntervalBatch] = []
         async with self.ctx.db.acquire() as conn, conn.transaction():
-            energy_points = {p for p in set(point_ids) if (i := known.get(p)) is not None and i.is_energy}
-            new_rows: dict[int, list[Stored]] = defaultdict(list)
-            if energy_points:
-                await self._load_latest(conn, energy_points)
-            row = await conn.fetchrow(_INSERT, point_ids, ts_ms, values, qualities, list(energy_points))
-            if row is not None and row[0]:
-                for point_id, ts, value, quality in zip(row[0], row[1], row[2], row[3], strict=True):
-                    new_rows[point_id].append((ts, value, quality))
-            intervals: list[tuple[int, EnergyInterval]] = []
-            latest = dict(self._latest)
-            for point_id, fresh in new_rows.items():
-                fresh.sort()
-                intervals.extend(await self._energy_for(conn, point_id, fresh, latest))
-            if intervals:
-                out = EnergyIntervalBatch(
-                    batch_id=batch_id,
-                    correlation_id=cid,
-                    point_ids=[p for p, _ in intervals],
-                    start_ms=[iv.start_ms for _, iv in intervals],
-                    end_ms=[iv.end_ms for _, iv in intervals],
-                    energy=[iv.energy for _, iv in intervals],
-                    quality=[int(iv.quality) for _, iv in intervals],
+            latest = dict(self._latest)  # becomes the cache only once the transaction commits
+            for delivery in deliveries:
+                batch = delivery.model
+                if not batch.point_ids:
+                    continue
+                values, qualities = self._normalise(batch)
+                energy_points = {
+                    p for p in set(batch.point_ids) if (i := known.get(p)) is not None and i.is_energy
+                }
+                if energy_points:
+                    await self._load_latest(conn, energy_points, latest)
+                row = await conn.fetchrow(
+                    _INSERT, batch.point_ids, batch.ts_ms, values, qualities, list(energy_points)
                 )
-                await self.ctx.mqtt.publish(topics.ENERGY_INTERVALS, out)
+                new_rows: dict[int, list[Stored]] = defaultdict(list)
+                if row is not None and row[0]:
+                    for point_id, ts, value, quality in zip(row[0], row[1], row[2], row[3], strict=True):
+                        new_rows[point_id].append((ts, value, quality))
+                intervals: list[tuple[int, EnergyInterval]] = []
+                for point_id, fresh in new_rows.items():
+                    fresh.sort()
+                    intervals.extend(await self._energy_for(conn, point_id, fresh, latest))
+                if intervals:
+                    outputs.append(
+                        EnergyIntervalBatch(
+                            batch_id=hashlib.sha256(f"intervals:{batch.batch_id}".encode()).hexdigest()[:32],
+                            correlation_id=batch.correlation_id,
+                            point_ids=[p for p, _ in intervals],
+                            start_ms=[iv.start_ms for _, iv in intervals],
+                            end_ms=[iv.end_ms for _, iv in intervals],
+                            energy=[iv.energy for _, iv in intervals],
+                            quality=[int(iv.quality) for _, iv in intervals],
+                        )
+                    )
+            # Published inside the transaction: a crash before the commit replays everything, after it nothing.
+            await asyncio.gather(*(self.ctx.mqtt.publish(topics.ENERGY_INTERVALS, out) for out in outputs))
         self._latest = latest
 
-    async def _load_latest(self, conn: Queryable, energy_points: set[int]) -> None:
-        """Fill the cache for energy points it does not hold yet (first batch after a start)."""
-        missing = energy_points - self._latest.keys()
+    async def _load_latest(self, conn: Queryable, energy_points: set[int], latest: dict[int, Stored]) -> None:
+        """Fill in the latest stored reading of energy points not known yet (first batch after a start)."""
+        missing = energy_points - latest.keys()
         if not missing:
             return
-        # Runs before this batch is stored, so "latest" means latest before the batch.
-        rows = await conn.fetch(_LATEST, list(missing))
-        for row in rows:
-            self._latest[row["point_id"]] = (row["ts_ms"], row["value"], row["quality"])
+        for row in await conn.fetch(_LATEST, list(missing)):
+            latest[row["point_id"]] = (row["ts_ms"], row["value"], row["quality"])
 
     async def _energy_for(
         self, conn: Queryable, point_id: int, fresh: list[Stored], latest: dict[int, Stored]

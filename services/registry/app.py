@@ -10,9 +10,11 @@ from fastapi import FastAPI
 from libs.bus import Delivery
 from libs.service import ServiceContext, create_service_app
 from proto_schemas import topics
+from proto_schemas.audit import AuditEvent
 from proto_schemas.registry import GatewaySeen
 from services.registry.api import (
     acquisition,
+    audit,
     calendars,
     instances,
     internal,
@@ -57,6 +59,11 @@ async def setup(ctx: ServiceContext) -> None:
 
     ctx.mqtt.subscribe(topics.GATEWAYS_SEEN, GatewaySeen, on_seen, batch_max=500)
 
+    async def on_audit(deliveries: list[Delivery[AuditEvent]]) -> None:
+        await audit.store(ctx, deliveries)
+
+    ctx.mqtt.subscribe(topics.AUDIT, AuditEvent, on_audit, batch_max=500)
+
 
 def create_app() -> FastAPI:
     return create_service_app(
@@ -73,6 +80,7 @@ def create_app() -> FastAPI:
             calendars.router,
             parameters.router,
             offline_files.router,
+            audit.router,
             internal.router,
         ],
         migrations=MIGRATIONS,
