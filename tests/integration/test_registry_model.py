@@ -226,6 +226,24 @@ async def test_virtual_meter_expressions_are_validated_on_save(platform: Platfor
     assert loop.status_code == 400 and "depend on themselves" in loop.json()["detail"]
 
 
+async def test_a_binding_reaches_aggregation_within_a_second(platform: Platform) -> None:
+    site = await build_site(platform.api, unique("fast"), energy_points=("a", "b"))
+    started = time.monotonic()
+    await platform.api.post(
+        f"/meters/{site.meters['a']}/points", json={"data": {"point_id": site.points["b"]}}
+    )
+    table = f'"{platform.schema("aggregation")}".meter_points'
+
+    async def bound() -> bool:
+        return bool(await platform.db.fetchval(
+            f"SELECT 1 FROM {table} WHERE meter_id = $1 AND point_id = $2", site.meters["a"], site.points["b"]
+        ))  # fmt: skip
+
+    while not await bound():
+        assert time.monotonic() - started < 1.0, "aggregation did not see the new binding within a second"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_registry_change_reaches_the_bus_within_a_second(platform: Platform) -> None:
     async with platform.mqtt() as client:
         await client.subscribe(platform.topic(topics.CONFIG_CHANGED), qos=1)
@@ -322,6 +340,7 @@ async def test_modbus_point_addresses_are_validated_against_the_data_source(plat
 MYEMS_FIELDS = {
     "energycategories": {"id", "name", "uuid", "unit_of_measure", "kgce", "kgco2e"},
     "costcenters": {"id", "name", "uuid", "external_id"},
+    "tariffs": {"id", "name", "uuid", "unit_of_price", "valid_from", "valid_through", "tariff_type", "timeofuse", "block"},
     "gateways": {"id", "name", "uuid", "last_seen_datetime", "status"},
     "datasources": {"id", "name", "uuid", "gateway", "protocol", "connection", "last_seen_datetime", "status"},
     "points": {"id", "name", "data_source", "object_type", "units", "high_limit", "low_limit", "ratio", "is_trend",
@@ -341,6 +360,22 @@ async def test_the_myems_flow_of_seed_001_works_through_the_gateway(platform: Pl
         {"name": f"Diesel {tag}", "unit_of_measure": "L", "kgce": 0.1229, "kgco2e": 0.8825},
     )
     cost_center = await create(platform, "costcenters", {"name": f"Plant {tag}", "external_id": "ERP-1"})
+    tariff = await create(
+        platform, "tariffs",
+        {"name": f"Block {tag}", "energy_category_id": category, "tariff_type": "block", "unit_of_price": "CNY/L",
+         "valid_from": "2020-01-01T00:00:00", "valid_through": "2021-01-01T00:00:00",
+         "block": [{"start_amount": "0", "end_amount": "10000", "price": "0.567"},
+                   {"start_amount": "10000", "end_amount": "30000", "price": "0.678"},
+                   {"start_amount": "30000", "end_amount": "100000", "price": "0.789"}]},
+    )  # fmt: skip
+    assert (
+        await platform.api.post(
+            f"/costcenters/{cost_center}/tariffs", json={"data": {"tariff_id": str(tariff)}}
+        )
+    ).status_code == 201
+    assert [t["id"] for t in (await platform.api.get(f"/costcenters/{cost_center}/tariffs")).json()] == [
+        tariff
+    ]
     gateway = (
         await platform.api.post(
             "/gateways", json={"data": {"name": f"Gateway {tag}", "description": "MyEMS gateway"}}
@@ -391,7 +426,7 @@ async def test_the_myems_flow_of_seed_001_works_through_the_gateway(platform: Pl
         await platform.api.post(f"/spaces/{building}/meters", json={"data": {"meter_id": str(meter)}})
     ).status_code == 201
 
-    for path, ident in (("energycategories", category), ("costcenters", cost_center), ("gateways", gateway),
+    for path, ident in (("energycategories", category), ("costcenters", cost_center), ("tariffs", tariff), ("gateways", gateway),
                         ("datasources", source), ("points", point), ("meters", meter), ("spaces", building)):  # fmt: skip
         got = (await platform.api.get(f"/{path}/{ident}")).json()
         assert MYEMS_FIELDS[path] <= set(got), (path, MYEMS_FIELDS[path] - set(got))
