@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from libs.bus import Delivery
 from libs.service import ServiceContext
@@ -30,6 +31,7 @@ class PointInfo:
     lower_limit: float | None
     is_trend: bool
     is_virtual: bool
+    address: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_energy(self) -> bool:

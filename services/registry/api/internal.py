@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from libs.service import ServiceContext, get_context, not_found
 
@@ -16,7 +16,7 @@ async def all_points(ctx: ServiceContext = Depends(get_context)) -> list[dict[st
     """Every point with what ingestion and normalisation need to accept and scale its readings."""
     rows = await ctx.db.fetch(
         "SELECT p.id, g.uuid::text AS gateway_uuid, p.object_type, p.ratio, p.high_limit, p.low_limit,"
-        " p.higher_limit, p.lower_limit, p.is_trend, p.is_virtual"
+        " p.higher_limit, p.lower_limit, p.is_trend, p.is_virtual, p.address"
         " FROM points p JOIN data_sources d ON d.id = p.data_source_id JOIN gateways g ON g.id = d.gateway_id"
     )
     return [dict(row) for row in rows]
@@ -44,3 +44,44 @@ async def meter_context(meter_id: int, ctx: ServiceContext = Depends(get_context
     out = dict(row)
     out["timezone"] = out["timezone"] or "UTC"
     return out
+
+
+@router.get("/meterzones")
+async def meter_zones(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """Every meter's reporting time zone: its (first) space's, else UTC."""
+    rows = await ctx.db.fetch(
+        "SELECT m.id AS meter_id, coalesce((SELECT t.name FROM space_meters sm JOIN spaces s ON s.id = sm.space_id"
+        " JOIN timezones t ON t.id = s.timezone_id WHERE sm.meter_id = m.id ORDER BY s.id LIMIT 1), 'UTC') AS timezone"
+        " FROM meters m ORDER BY m.id"
+    )
+    return [dict(row) for row in rows]
+
+
+@router.get("/virtualmeters")
+async def virtual_meters(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """Every virtual meter's expression (equation and variables over meters, offline and virtual meters)."""
+    rows = await ctx.db.fetch("SELECT id, expression FROM virtual_meters ORDER BY id")
+    return [dict(row) for row in rows]
+
+
+@router.get("/offlinemetervalues")
+async def offline_meter_values(
+    since_file_id: int = Query(0, ge=0, description="Only values from files after this one"),
+    ctx: ServiceContext = Depends(get_context),
+) -> list[dict[str, Any]]:
+    """Period totals of offline meters from uploaded files, oldest file first."""
+    rows = await ctx.db.fetch(
+        "SELECT offline_meter_id, start_datetime, end_datetime, value, file_id FROM offline_meter_values"
+        " WHERE file_id > $1 ORDER BY file_id, offline_meter_id, start_datetime",
+        since_file_id,
+    )
+    return [
+        {
+            "offline_meter_id": r["offline_meter_id"],
+            "start": r["start_datetime"].isoformat(),
+            "end": r["end_datetime"].isoformat(),
+            "value": r["value"],
+            "file_id": r["file_id"],
+        }
+        for r in rows
+    ]
