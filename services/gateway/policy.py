@@ -64,6 +64,8 @@ RULES: dict[str, Rule] = {
     "protocols": Rule(STAFF, PLATFORM),
     # installations: owners and guests see their own (the registry filters), staff see their provider's
     "instances": Rule(EVERYONE, (*STAFF, "owner")),
+    # fleet health
+    "fleet": Rule(STAFF, ()),
     # reports and control
     "reports": Rule(STAFF, ()),
     "commands": Rule(STAFF, STEERING),

@@ -36,6 +36,8 @@ ROUTES: dict[str, str] = {
     "apikeys": "registry",
     "serviceproviders": "registry",
     "auditlogs": "registry",
+    # fleet health (ingestion owns it)
+    "fleet": "ingestion",
     # reporting
     "reports": "reporting",
     # command and control

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, FastAPI
 
 from libs.service import ServiceContext, create_service_app, get_context
+from services.ingestion import api
 from services.ingestion.consumer import Ingestion
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -28,4 +29,4 @@ async def setup(ctx: ServiceContext) -> None:
 
 
 def create_app() -> FastAPI:
-    return create_service_app("ingestion", routers=[router], migrations=MIGRATIONS, setup=setup)
+    return create_service_app("ingestion", routers=[router, api.router], migrations=MIGRATIONS, setup=setup)

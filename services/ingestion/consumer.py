@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from datetime import UTC, datetime
 
 from libs.bus import Delivery
 from libs.logs import correlation_id, new_correlation_id
 from libs.service import ServiceContext
 from proto_schemas import topics
+from proto_schemas.health import Health
 from proto_schemas.pipeline import RawReadingBatch
 from proto_schemas.registry import GatewaySeen
 from proto_schemas.telemetry import GatewayStatus, Telemetry
@@ -51,6 +53,7 @@ class Ingestion:
         self.points.watch()
         self.ctx.mqtt.subscribe(topics.TELEMETRY_ALL, Telemetry, self.on_telemetry, batch_max=200)
         self.ctx.mqtt.subscribe(topics.STATUS_ALL, GatewayStatus, self.on_status, batch_max=100)
+        self.ctx.mqtt.subscribe(topics.HEALTH_ALL, Health, self.on_health, batch_max=200)
 
     async def on_telemetry(self, deliveries: list[Delivery[Telemetry]]) -> None:
         needed = {reading.point_id for d in deliveries for reading in d.model.readings}
@@ -95,7 +98,17 @@ class Ingestion:
                     values=new_values,
                 )
                 await self.ctx.mqtt.publish(topics.READINGS_RAW, batch)
+        await self._record_seen(seen_at)
         await self._announce_seen(seen_at)
+
+    async def _record_seen(self, seen_at: dict[str, int]) -> None:
+        """Last-seen per gateway for the fleet view: one small upsert per gateway and batch."""
+        if seen_at:
+            await self.ctx.db.executemany(
+                "INSERT INTO gateway_state (gateway_uuid, last_seen_at) VALUES ($1, $2) ON CONFLICT (gateway_uuid)"
+                " DO UPDATE SET last_seen_at = GREATEST(gateway_state.last_seen_at, EXCLUDED.last_seen_at)",
+                [(uuid, datetime.fromtimestamp(ms / 1000, UTC)) for uuid, ms in seen_at.items()],
+            )
 
     def _check(
         self, gateway_uuid: str, telemetry: Telemetry, stamps: list[int], latest_ms: int
@@ -139,6 +152,62 @@ class Ingestion:
             await self.ctx.mqtt.publish(topics.GATEWAYS_SEEN, notice)
 
     async def on_status(self, deliveries: list[Delivery[GatewayStatus]]) -> None:
+        """Online/offline from the retained status topic (the controller's last will says offline)."""
+        await self.points.refresh_if_missing(set(), {topics.gateway_of(d.topic) for d in deliveries})
         for delivery in deliveries:
             gateway_uuid = topics.gateway_of(delivery.topic)
+            if gateway_uuid not in self.points.gateways:
+                delivery.reject(f"unknown gateway {gateway_uuid}")
+                continue
+            at = datetime.fromtimestamp(delivery.received_at, UTC)
+            async with self.ctx.db.acquire() as conn, conn.transaction():
+                previous = await conn.fetchval(
+                    "SELECT status FROM gateway_state WHERE gateway_uuid = $1 FOR UPDATE", gateway_uuid
+                )
+                changed = previous != delivery.model.status
+                await conn.execute(
+                    "INSERT INTO gateway_state (gateway_uuid, status, status_changed_at, last_seen_at)"
+                    " VALUES ($1, $2, $3, $3) ON CONFLICT (gateway_uuid) DO UPDATE SET status = EXCLUDED.status,"
+                    " status_changed_at = CASE WHEN $4 THEN EXCLUDED.status_changed_at"
+                    " ELSE gateway_state.status_changed_at END,"
+                    " last_seen_at = CASE WHEN EXCLUDED.status = 'online' THEN EXCLUDED.last_seen_at"
+                    " ELSE gateway_state.last_seen_at END",
+                    gateway_uuid, delivery.model.status, at, changed,
+                )  # fmt: skip
+                if changed:
+                    await conn.execute(
+                        "INSERT INTO gateway_status_history (gateway_uuid, at, status) VALUES ($1, $2, $3)"
+                        " ON CONFLICT DO NOTHING",
+                        gateway_uuid, at, delivery.model.status,
+                    )  # fmt: skip
             await self._announce_seen({gateway_uuid: int(delivery.received_at * 1000)}, delivery.model.status)
+
+    async def on_health(self, deliveries: list[Delivery[Health]]) -> None:
+        """The controller's health report: kept as the latest, and in the history."""
+        await self.points.refresh_if_missing(set(), {topics.gateway_of(d.topic) for d in deliveries})
+        rows = []
+        for delivery in deliveries:
+            gateway_uuid = topics.gateway_of(delivery.topic)
+            if gateway_uuid not in self.points.gateways:
+                delivery.reject(f"unknown gateway {gateway_uuid}")
+                continue
+            report = delivery.model.model_dump(mode="json", exclude_none=True)
+            rows.append((gateway_uuid, datetime.fromtimestamp(delivery.received_at, UTC), report))
+        if not rows:
+            return
+        async with self.ctx.db.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO gateway_health_history (gateway_uuid, received_at, report) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                rows,
+            )
+            await conn.executemany(
+                "INSERT INTO gateway_state (gateway_uuid, last_seen_at, health, health_at) VALUES ($1, $2, $3, $2)"
+                " ON CONFLICT (gateway_uuid) DO UPDATE SET"
+                " last_seen_at = GREATEST(gateway_state.last_seen_at, EXCLUDED.last_seen_at),"
+                " health = CASE WHEN gateway_state.health_at IS NULL OR EXCLUDED.health_at >= gateway_state.health_at"
+                " THEN EXCLUDED.health ELSE gateway_state.health END,"
+                " health_at = GREATEST(gateway_state.health_at, EXCLUDED.health_at)",
+                rows,
+            )
+        await self._announce_seen({uuid: int(at.timestamp() * 1000) for uuid, at, _ in rows})

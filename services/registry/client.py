@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class PointDirectory:
     def __init__(self, ctx: ServiceContext, *, miss_refresh_s: float = 1.0, period_s: float = 60.0) -> None:
         self._ctx = ctx
         self.points: dict[int, PointInfo] = {}
+        self.gateways: set[str] = set()
         self._loaded_at = 0.0
         self._miss_refresh_s = miss_refresh_s
         self._period_s = period_s
@@ -55,7 +57,10 @@ class PointDirectory:
         async with self._lock:
             response = await self._ctx.call("registry", "GET", "/internal/points")
             response.raise_for_status()
+            gateways = await self._ctx.call("registry", "GET", "/internal/gatewaydirectory")
+            gateways.raise_for_status()
             self.points = {row["id"]: PointInfo(**row) for row in response.json()}
+            self.gateways = {row["uuid"] for row in gateways.json()}
             self._loaded_at = time.monotonic()
 
     async def load_when_ready(self) -> None:
@@ -70,9 +75,12 @@ class PointDirectory:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def refresh_if_missing(self, point_ids: set[int]) -> None:
-        """Reload once if some points are unknown and the last load is not fresh."""
-        if point_ids - self.points.keys() and time.monotonic() - self._loaded_at > self._miss_refresh_s:
+    async def refresh_if_missing(
+        self, point_ids: set[int], gateway_uuids: AbstractSet[str] = frozenset()
+    ) -> None:
+        """Reload once if some points or gateways are unknown and the last load is not fresh."""
+        unknown = bool(point_ids - self.points.keys()) or bool(gateway_uuids - self.gateways)
+        if unknown and time.monotonic() - self._loaded_at > self._miss_refresh_s:
             try:
                 await self.load()
             except Exception:

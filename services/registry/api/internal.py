@@ -85,3 +85,14 @@ async def offline_meter_values(
         }
         for r in rows
     ]
+
+
+@router.get("/gatewaydirectory")
+async def gateway_directory(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """The gateways the caller may see, with their installation: the fleet view joins its health to this."""
+    rows = await ctx.db.fetch(
+        "SELECT g.id, g.uuid::text AS uuid, g.name, ig.instance_id, i.title AS instance_title, i.serial AS instance_serial"
+        " FROM gateways g LEFT JOIN instance_gateways ig ON ig.gateway_id = g.id"
+        " LEFT JOIN instances i ON i.id = ig.instance_id ORDER BY g.id"
+    )
+    return [dict(row) for row in rows]
