@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     http_port: int | None = None
     # Services listen on port_base + their index in SERVICES (gateway first).
     port_base: int = Field(8000, ge=1, le=65000)
+    # The broker enforces per-gateway accounts (Mosquitto dynamic security); the registry keeps them in step.
+    mqtt_dynsec: bool = False
     # How long the broker keeps a disconnected service's session (and its queued messages).
     mqtt_session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     log_level: str = "INFO"

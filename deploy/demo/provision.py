@@ -69,6 +69,13 @@ def provision(base_url: str, user: str, password: str, state_file: Path) -> dict
             "gateway_uuid": created["uuid"],
             "gateway_token": created["token"],
         }
+    # A fresh token every start: the broker's account for the demo controller is (re)made to match.
+    rotated = api.client.post(f"/gateways/{saved['gateway_id']}/token")
+    if rotated.status_code != 200:
+        raise RuntimeError(
+            f"could not issue the demo controller's token: {rotated.status_code} {rotated.text}"
+        )
+    saved["gateway_token"] = rotated.json()["token"]
     datasource_id = api.ensure(
         "datasources", {"name": DATASOURCE_NAME, "gateway_id": saved["gateway_id"], "protocol": "mqtt"}
     )

@@ -7,6 +7,7 @@ Mosquitto already listening on 127.0.0.1:1883, or one started here. Ctrl-C stops
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import signal
@@ -15,10 +16,17 @@ import sys
 import time
 
 from deploy.demo.provision import provision
-from deploy.local.infra import STATE_DIR, provide
+from deploy.local.infra import STATE_DIR, free_port, port_open, provide, start_secure_mosquitto
 from deploy.local.processes import ServiceProcesses
+from libs import dynsec
+from libs.settings import MqttTarget
 
 DEMO_PASSWORD = "gridfleet-demo"
+
+
+def _without_password(url: str) -> str:
+    target = MqttTarget(url)
+    return f"mqtt://{target.host}:{target.port}"
 
 
 def _banner(url: str, mqtt_url: str, password: str, notes: list[str], demo: dict[str, object]) -> str:
@@ -30,7 +38,7 @@ gridfleet is running.
 
   API       {url}/api/v1
   Docs      {url}/docs
-  Broker    {mqtt_url}   (device topics gf/v1/gw/<gateway uuid>/...)
+  Broker    {mqtt_url}   (device topics gf/v1/gw/<gateway uuid>/...; username = gateway uuid, password = its token)
   Login     administrator / {password}
   {chr(10).join("  " + n for n in notes).strip()}
 
@@ -43,18 +51,42 @@ Logs are in {STATE_DIR / "logs"}. Press Ctrl-C to stop.
 """
 
 
+def _secure_broker() -> tuple[str, subprocess.Popen[bytes]] | None:
+    """The device-facing broker `make run` starts: no anonymous clients, one account per gateway."""
+    secret = STATE_DIR / "mqtt-platform.secret"
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    if not secret.exists():
+        secret.write_text(secrets.token_urlsafe(24))
+        secret.chmod(0o600)
+    password = secret.read_text().strip()
+    port = 1884 if not port_open("127.0.0.1", 1884) else free_port()
+    proc = start_secure_mosquitto(STATE_DIR / "mosquitto-secure", port, "gridfleet", password)
+    if proc is None:
+        return None
+    url = f"mqtt://gridfleet:{password}@127.0.0.1:{port}"
+    asyncio.run(dynsec.ensure_platform_role(MqttTarget(url), "gridfleet"))
+    return url, proc
+
+
 def run(args: argparse.Namespace) -> int:
+    secure = None if os.environ.get("MQTT_URL") else _secure_broker()
     infra = provide(
         database_url=os.environ.get("DATABASE_URL"),
-        mqtt_url=os.environ.get("MQTT_URL"),
+        mqtt_url=os.environ.get("MQTT_URL") or (secure[0] if secure else None),
         use_local_postgres=False,  # `make run` keeps its data in its own embedded database by default
     )
+    if secure is not None:
+        infra.notes[-1] = "broker: Mosquitto with per-gateway accounts (dynamic security) started here"
+        infra._processes.append(secure[1])
     password = os.environ.get("GRIDFLEET_ADMIN_PASSWORD", DEMO_PASSWORD)
     env = {
         "DATABASE_URL": infra.database_url,
         "MQTT_URL": infra.mqtt_url,
         "GRIDFLEET_ADMIN_PASSWORD": password,
         "GRIDFLEET_INTERNAL_TOKEN": os.environ.get("GRIDFLEET_INTERNAL_TOKEN", secrets.token_hex(24)),
+        "GRIDFLEET_MQTT_DYNSEC": "true"
+        if secure is not None
+        else os.environ.get("GRIDFLEET_MQTT_DYNSEC", "false"),
     }
     services = ServiceProcesses(env, STATE_DIR / "logs", args.port)
     demo_proc: subprocess.Popen[bytes] | None = None
@@ -79,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        print(_banner(url, infra.mqtt_url, password, infra.notes, demo), flush=True)
+        print(_banner(url, _without_password(infra.mqtt_url), password, infra.notes, demo), flush=True)
         while not stopping:
             for name in services.crashed():
                 print(f"{name} stopped unexpectedly; restarting it (see its log)", flush=True)

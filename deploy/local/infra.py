@@ -125,8 +125,65 @@ def start_mosquitto(state: Path, port: int) -> subprocess.Popen[bytes] | None:
         # Mosquitto drops root to the 'mosquitto' user when it exists; let it write its state.
         with contextlib.suppress(Exception):
             shutil.chown(state, user="mosquitto")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _wait_port("127.0.0.1", port, proc, "mosquitto")
+    with (state / f"mosquitto-{port}.log").open("ab") as log_file:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
+    _wait_port("127.0.0.1", port, proc, "mosquitto", state / f"mosquitto-{port}.log")
+    return proc
+
+
+def dynsec_plugin() -> str | None:
+    """Where Mosquitto's dynamic security plugin lives on this machine, if it does."""
+    for pattern in ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
+                    "/usr/local/lib/mosquitto_dynamic_security.so"):  # fmt: skip
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return str(found[0])
+    return None
+
+
+def start_secure_mosquitto(
+    state: Path, port: int, admin: str, password: str
+) -> subprocess.Popen[bytes] | None:
+    """A Mosquitto that refuses anonymous clients, with per-client accounts and ACLs (dynamic security).
+
+    `admin` / `password` is the platform's account: it administers the accounts and (once
+    `libs.dynsec.ensure_platform_role` ran) may use every topic. The accounts persist in `state`.
+    """
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    ctrl = shutil.which("mosquitto_ctrl")
+    plugin = dynsec_plugin()
+    if binary is None or ctrl is None or plugin is None:
+        return None
+    state.mkdir(parents=True, exist_ok=True)
+    accounts = state / "dynamic-security.json"
+    if not accounts.exists():
+        subprocess.run(
+            [ctrl, "dynsec", "init", str(accounts), admin, password], check=True, capture_output=True
+        )
+    conf = state / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous false\n"
+        f"plugin {plugin}\n"
+        f"plugin_opt_config_file {accounts}\n"
+        "persistence true\n"
+        f"persistence_location {state}/\n"
+        "max_queued_messages 1000000\n"
+        "max_queued_bytes 0\n"
+        "max_inflight_messages 0\n"
+        "log_dest stderr\n"
+        "log_type error\n"
+    )
+    if os.geteuid() == 0:
+        with contextlib.suppress(Exception):
+            for path in (state, accounts):
+                shutil.chown(path, user="mosquitto")
+    # Logs go to a file: a pipe nobody reads would block the broker once full.
+    with (state / "mosquitto.log").open("ab") as log_file:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log_file)
+    _wait_port("127.0.0.1", port, proc, "mosquitto (dynamic security)", state / "mosquitto.log")
     return proc
 
 
@@ -147,13 +204,20 @@ def start_amqtt(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0) -> None:
+def _wait_port(
+    host: str,
+    port: int,
+    proc: subprocess.Popen[bytes],
+    what: str,
+    log: Path | None = None,
+    timeout: float = 20.0,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(host, port, 0.2):
             return
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            err = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"{what} exited with {proc.returncode}: {err.strip()}")
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not open port {port}")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import aiomqtt
 import asyncpg
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from libs import dynsec
 from libs.auth import new_token, token_digest
 from libs.expressions import ExpressionError, parse
 from libs.service import ProblemError, ServiceContext, bad_request, get_context, not_found
@@ -32,6 +36,7 @@ from services.registry.api.common import (
 )
 from services.registry.resources.framework import ensure_unbound
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 # The protocols MyEMS names for data sources.
@@ -103,18 +108,41 @@ async def create_gateway(
     body: Envelope[GatewayIn], response: Response, ctx: ServiceContext = Depends(get_context)
 ) -> GatewayCreated:
     """Create a gateway; the answer holds its uuid and token (the token is never shown again)."""
-    gateway_uuid, token = uuid.uuid4(), new_token(32)
+    created = await new_gateway(ctx, body.data.name, body.data.description)
+    response.headers["Location"] = f"/gateways/{created.id}"
+    return created
+
+
+async def broker_accounts(ctx: ServiceContext, change: Callable[[], Awaitable[None]]) -> None:
+    """Apply a change to the broker's accounts (when the broker enforces them), or fail the request whole."""
+    if not ctx.settings.mqtt_dynsec:
+        return
     try:
-        new_id = await ctx.db.fetchval(
-            "INSERT INTO gateways (uuid, name, token_digest, description) VALUES ($1, $2, $3, $4) RETURNING id",
-            gateway_uuid,
-            body.data.name,
-            token_digest(token),
-            body.data.description,
+        await change()
+    except (dynsec.DynsecError, aiomqtt.MqttError, OSError) as exc:
+        log.error("broker account change failed", extra={"fields": {"error": repr(exc)}})
+        raise ProblemError(
+            503, "Unavailable", "the MQTT broker did not take the gateway's credentials; retry"
+        ) from exc
+
+
+async def new_gateway(ctx: ServiceContext, name: str, description: str | None) -> GatewayCreated:
+    """Create a gateway and its broker account together: both or neither."""
+    gateway_uuid, token = uuid.uuid4(), new_token(32)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        try:
+            new_id = await conn.fetchval(
+                "INSERT INTO gateways (uuid, name, token_digest, description) VALUES ($1, $2, $3, $4) RETURNING id",
+                gateway_uuid, name, token_digest(token), description,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError as exc:
+            raise conflict_from(exc) from exc
+        await broker_accounts(
+            ctx,
+            lambda: dynsec.create_gateway(
+                ctx.settings.mqtt, str(gateway_uuid), token, ctx.settings.topic_prefix
+            ),
         )
-    except asyncpg.UniqueViolationError as exc:
-        raise conflict_from(exc) from exc
-    response.headers["Location"] = f"/gateways/{new_id}"
     await publish_change(ctx, "gateway", "created", new_id)
     return GatewayCreated(id=new_id, uuid=str(gateway_uuid), token=token)
 
@@ -123,11 +151,20 @@ async def create_gateway(
 async def rotate_gateway_token(gateway_id: int, ctx: ServiceContext = Depends(get_context)) -> GatewayCreated:
     """Issue a new token (shown once); the old one stops working at once."""
     token = new_token(32)
-    row = await ctx.db.fetchrow(
-        "UPDATE gateways SET token_digest = $2 WHERE id = $1 RETURNING uuid", gateway_id, token_digest(token)
-    )
-    if row is None:
-        raise not_found("gateway", gateway_id)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE gateways SET token_digest = $2 WHERE id = $1 RETURNING uuid",
+            gateway_id,
+            token_digest(token),
+        )
+        if row is None:
+            raise not_found("gateway", gateway_id)
+        await broker_accounts(
+            ctx,
+            lambda: dynsec.set_gateway_token(
+                ctx.settings.mqtt, str(row["uuid"]), token, ctx.settings.topic_prefix
+            ),
+        )
     await publish_change(ctx, "gateway", "updated", gateway_id)
     return GatewayCreated(id=gateway_id, uuid=str(row["uuid"]), token=token)
 
@@ -153,12 +190,15 @@ async def update_gateway(
 
 @router.delete("/gateways/{gateway_id}", status_code=204, tags=["gateways"])
 async def delete_gateway(gateway_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
-    try:
-        found = await ctx.db.fetchval("DELETE FROM gateways WHERE id = $1 RETURNING id", gateway_id)
-    except asyncpg.ForeignKeyViolationError as exc:
-        raise conflict_from(exc) from exc
-    if found is None:
-        raise not_found("gateway", gateway_id)
+    """Delete a gateway; its broker account goes with it (it is disconnected at once)."""
+    async with ctx.db.acquire() as conn, conn.transaction():
+        try:
+            found = await conn.fetchval("DELETE FROM gateways WHERE id = $1 RETURNING uuid", gateway_id)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise conflict_from(exc) from exc
+        if found is None:
+            raise not_found("gateway", gateway_id)
+        await broker_accounts(ctx, lambda: dynsec.delete_gateway(ctx.settings.mqtt, str(found)))
     await publish_change(ctx, "gateway", "deleted", gateway_id)
     return Response(status_code=204)
 

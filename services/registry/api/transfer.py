@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ValidationError
 
-from libs.auth import new_token, token_digest
 from libs.db import Queryable
 from libs.service import ProblemError, ServiceContext, bad_request, get_context
 from services.registry.api import acquisition, metering
@@ -149,29 +148,6 @@ def _gateway_routes(router: APIRouter) -> None:
         """The gateway without its token (only its hash is stored)."""
         return await acquisition.get_gateway(gateway_id, ctx)
 
-    async def _new(ctx: ServiceContext, name: str, description: str | None) -> acquisition.GatewayCreated:
-        import uuid as uuidlib
-
-        gateway_uuid, token = uuidlib.uuid4(), new_token(32)
-        try:
-            new_id = await ctx.db.fetchval(
-                "INSERT INTO gateways (uuid, name, token_digest, description) VALUES ($1, $2, $3, $4) RETURNING id",
-                gateway_uuid, name, token_digest(token), description,
-            )  # fmt: skip
-        except Exception as exc:
-            import asyncpg
-
-            if isinstance(exc, asyncpg.UniqueViolationError):
-                raise ProblemError(
-                    409,
-                    "Duplicate",
-                    f"a gateway named {name} exists already",
-                    [{"field": "name", "message": "already exists"}],
-                ) from exc
-            raise
-        await publish_change(ctx, "gateway", "created", new_id)
-        return acquisition.GatewayCreated(id=new_id, uuid=str(gateway_uuid), token=token)
-
     @router.post(
         "/gateways/import", status_code=201, response_model=acquisition.GatewayCreated, tags=["gateways"]
     )
@@ -184,7 +160,7 @@ def _gateway_routes(router: APIRouter) -> None:
         data = acquisition.GatewayIn.model_validate(
             {"name": exported.get("name"), "description": exported.get("description")}
         )
-        return await _new(ctx, data.name, data.description)
+        return await acquisition.new_gateway(ctx, data.name, data.description)
 
     @router.post(
         "/gateways/{gateway_id}/clone",
@@ -196,7 +172,7 @@ def _gateway_routes(router: APIRouter) -> None:
         gateway_id: int, ctx: ServiceContext = Depends(get_context)
     ) -> acquisition.GatewayCreated:
         original = await acquisition.get_gateway(gateway_id, ctx)
-        return await _new(
+        return await acquisition.new_gateway(
             ctx, await _copy_name(ctx.db, "gateways", original["name"]), original["description"]
         )
 

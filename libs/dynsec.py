@@ -1,0 +1,172 @@
+"""Per-gateway MQTT credentials through Mosquitto's dynamic security plugin.
+
+The device-facing broker refuses anonymous clients. Each gateway is a broker client (username = its uuid,
+password = its token) with a role of its own whose ACL allows only its subtree `gf/v1/gw/{uuid}/#`. The
+registry drives this over the plugin's control topic (`$CONTROL/dynamic-security/v1`) when a gateway is
+created, its token rotated, or it is deleted, so each change takes effect at once. The platform's own services
+connect with an account that holds the `gridfleet-platform` role (every topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiomqtt
+import orjson
+
+from libs.settings import MqttTarget
+from proto_schemas import topics
+
+log = logging.getLogger(__name__)
+
+CONTROL = "$CONTROL/dynamic-security/v1"
+RESPONSE = f"{CONTROL}/response"
+PLATFORM_ROLE = "gridfleet-platform"
+
+
+class DynsecError(RuntimeError):
+    """The broker refused a command (or did not answer)."""
+
+
+def gateway_role(gateway_uuid: str) -> str:
+    return f"gridfleet-gw-{gateway_uuid}"
+
+
+def gateway_acls(gateway_uuid: str, topic_prefix: str = "") -> list[dict[str, Any]]:
+    """Publish, receive and subscribe within the gateway's own subtree, nothing else."""
+    subtree = f"{topic_prefix}{topics.gateway_topic(gateway_uuid, '#')}"
+    return [
+        {"acltype": kind, "topic": subtree, "priority": 0, "allow": True}
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+    ]
+
+
+def platform_acls() -> list[dict[str, Any]]:
+    return [
+        {"acltype": kind, "topic": "#", "priority": 0, "allow": True}
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+    ]
+
+
+async def run_commands(
+    target: MqttTarget,
+    commands: Sequence[dict[str, Any]],
+    *,
+    tolerate: Sequence[str] = (),
+    wait_s: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Send commands on the control topic and wait for the broker's answers.
+
+    An error answer raises DynsecError unless its text contains one of `tolerate` (e.g. "already exists"
+    when making sure something exists).
+    """
+    quiet = logging.getLogger("gridfleet.dynsec.mqtt")
+    quiet.setLevel(logging.ERROR)
+    async with aiomqtt.Client(
+        target.host,
+        target.port,
+        username=target.username,
+        password=target.password,
+        identifier=f"gf-dynsec-{uuid.uuid4().hex[:12]}",
+        logger=quiet,
+        timeout=wait_s,
+    ) as client:
+        await client.subscribe(RESPONSE, qos=1)
+        await client.publish(CONTROL, orjson.dumps({"commands": list(commands)}), qos=1)
+        try:
+            async with asyncio.timeout(wait_s):
+                async for message in client.messages:
+                    answer = orjson.loads(message.payload)
+                    responses: list[dict[str, Any]] = answer.get("responses", [])
+                    break
+        except TimeoutError as exc:
+            raise DynsecError("the broker did not answer on the dynamic security control topic") from exc
+    for command, response in zip(commands, responses, strict=False):
+        error = response.get("error")
+        if error and not any(t in error for t in tolerate):
+            raise DynsecError(f"{command['command']}: {error}")
+    return responses
+
+
+async def ensure_platform_role(target: MqttTarget, platform_username: str) -> None:
+    """The role the platform's services hold, and that account holding it.
+
+    Changing an account's roles makes the broker disconnect that account's sessions, including the one
+    sending the command when it is the same account; so the role is added only when missing, and the
+    outcome is checked on a fresh connection.
+    """
+    await run_commands(
+        target,
+        [{"command": "createRole", "rolename": PLATFORM_ROLE, "acls": platform_acls()}],
+        tolerate=("already exists",),
+    )
+    if await _has_role(target, platform_username):
+        return
+    with contextlib.suppress(aiomqtt.MqttError, DynsecError):
+        await run_commands(
+            target,
+            [
+                {
+                    "command": "addClientRole",
+                    "username": platform_username,
+                    "rolename": PLATFORM_ROLE,
+                    "priority": 10,
+                }
+            ],
+            wait_s=3,
+        )
+    if not await _has_role(target, platform_username):
+        raise DynsecError(f"could not give {platform_username} the {PLATFORM_ROLE} role")
+
+
+async def _has_role(target: MqttTarget, username: str) -> bool:
+    (answer,) = await run_commands(target, [{"command": "getClient", "username": username}])
+    roles = answer.get("data", {}).get("client", {}).get("roles", [])
+    return any(role.get("rolename") == PLATFORM_ROLE for role in roles)
+
+
+async def create_gateway(target: MqttTarget, gateway_uuid: str, token: str, topic_prefix: str = "") -> None:
+    role = gateway_role(gateway_uuid)
+    await run_commands(
+        target,
+        [
+            {"command": "createRole", "rolename": role, "acls": gateway_acls(gateway_uuid, topic_prefix)},
+            {
+                "command": "createClient",
+                "username": gateway_uuid,
+                "password": token,
+                "roles": [{"rolename": role}],
+            },
+        ],
+    )
+
+
+async def set_gateway_token(
+    target: MqttTarget, gateway_uuid: str, token: str, topic_prefix: str = ""
+) -> None:
+    """New password for the gateway's account; an account the broker lost is created afresh."""
+    try:
+        await run_commands(
+            target, [{"command": "setClientPassword", "username": gateway_uuid, "password": token}]
+        )
+    except DynsecError as exc:
+        if "not found" not in str(exc):
+            raise
+        await create_gateway(target, gateway_uuid, token, topic_prefix)
+
+
+async def delete_gateway(target: MqttTarget, gateway_uuid: str) -> None:
+    """Remove the gateway's account; the broker disconnects it if it is connected."""
+    await run_commands(
+        target,
+        [
+            {"command": "deleteClient", "username": gateway_uuid},
+            {"command": "deleteRole", "rolename": gateway_role(gateway_uuid)},
+        ],
+        tolerate=("not found",),
+    )
