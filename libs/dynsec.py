@@ -10,7 +10,6 @@ connect with an account that holds the `gridfleet-platform` role (every topic).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -93,41 +92,26 @@ async def run_commands(
     return responses
 
 
-async def ensure_platform_role(target: MqttTarget, platform_username: str) -> None:
-    """The role the platform's services hold, and that account holding it.
+async def ensure_platform_account(admin: MqttTarget, username: str, password: str) -> None:
+    """The account the platform's services use: every topic, and the right to manage gateway accounts.
 
-    Changing an account's roles makes the broker disconnect that account's sessions, including the one
-    sending the command when it is the same account; so the role is added only when missing, and the
-    outcome is checked on a fresh connection.
+    Made by the broker's first administrator (from `mosquitto_ctrl dynsec init`); the services never log
+    in as that administrator, so changing accounts never disconnects the one making the change.
     """
     await run_commands(
-        target,
-        [{"command": "createRole", "rolename": PLATFORM_ROLE, "acls": platform_acls()}],
+        admin,
+        [
+            {"command": "createRole", "rolename": PLATFORM_ROLE, "acls": platform_acls()},
+            {
+                "command": "createClient",
+                "username": username,
+                "password": password,
+                "roles": [{"rolename": PLATFORM_ROLE}, {"rolename": "admin"}],
+            },
+            {"command": "setClientPassword", "username": username, "password": password},
+        ],  # fmt: skip
         tolerate=("already exists",),
     )
-    if await _has_role(target, platform_username):
-        return
-    with contextlib.suppress(aiomqtt.MqttError, DynsecError):
-        await run_commands(
-            target,
-            [
-                {
-                    "command": "addClientRole",
-                    "username": platform_username,
-                    "rolename": PLATFORM_ROLE,
-                    "priority": 10,
-                }
-            ],
-            wait_s=3,
-        )
-    if not await _has_role(target, platform_username):
-        raise DynsecError(f"could not give {platform_username} the {PLATFORM_ROLE} role")
-
-
-async def _has_role(target: MqttTarget, username: str) -> bool:
-    (answer,) = await run_commands(target, [{"command": "getClient", "username": username}])
-    roles = answer.get("data", {}).get("client", {}).get("roles", [])
-    return any(role.get("rolename") == PLATFORM_ROLE for role in roles)
 
 
 async def create_gateway(target: MqttTarget, gateway_uuid: str, token: str, topic_prefix: str = "") -> None:

@@ -60,12 +60,12 @@ def _secure_broker() -> tuple[str, subprocess.Popen[bytes]] | None:
         secret.chmod(0o600)
     password = secret.read_text().strip()
     port = 1884 if not port_open("127.0.0.1", 1884) else free_port()
-    proc = start_secure_mosquitto(STATE_DIR / "mosquitto-secure", port, "gridfleet", password)
+    proc = start_secure_mosquitto(STATE_DIR / "mosquitto-secure", port, "gridfleet-admin", password)
     if proc is None:
         return None
-    url = f"mqtt://gridfleet:{password}@127.0.0.1:{port}"
-    asyncio.run(dynsec.ensure_platform_role(MqttTarget(url), "gridfleet"))
-    return url, proc
+    admin = MqttTarget(f"mqtt://gridfleet-admin:{password}@127.0.0.1:{port}")
+    asyncio.run(dynsec.ensure_platform_account(admin, "gridfleet", password))
+    return f"mqtt://gridfleet:{password}@127.0.0.1:{port}", proc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,14 +28,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 @pytest.fixture(scope="module")
 def secure_broker() -> Iterator[MqttTarget]:
     port = free_port()
-    admin, password = "gridfleet", secrets.token_urlsafe(16)
-    proc = start_secure_mosquitto(
-        STATE_DIR / "test" / f"secure-{uuid.uuid4().hex[:8]}", port, admin, password
-    )
+    password = secrets.token_urlsafe(16)
+    state = STATE_DIR / "test" / f"secure-{uuid.uuid4().hex[:8]}"
+    proc = start_secure_mosquitto(state, port, "admin", password)
     if proc is None:
         pytest.fail("the mosquitto binary with its dynamic security plugin is needed (make system-deps)")
-    target = MqttTarget(f"mqtt://{admin}:{password}@127.0.0.1:{port}")
-    asyncio.run(dynsec.ensure_platform_role(target, admin))
+    admin = MqttTarget(f"mqtt://admin:{password}@127.0.0.1:{port}")
+    asyncio.run(dynsec.ensure_platform_account(admin, "gridfleet", password))
+    target = MqttTarget(f"mqtt://gridfleet:{password}@127.0.0.1:{port}")
     yield target
     proc.terminate()
     proc.wait(10)
