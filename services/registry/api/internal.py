@@ -96,3 +96,25 @@ async def gateway_directory(ctx: ServiceContext = Depends(get_context)) -> list[
         " LEFT JOIN instances i ON i.id = ig.instance_id ORDER BY g.id"
     )
     return [dict(row) for row in rows]
+
+
+@router.get("/modbussources")
+async def modbus_sources(ctx: ServiceContext = Depends(get_context)) -> list[dict[str, Any]]:
+    """Every modbus-tcp data source with its gateway, connection and the addresses of its points."""
+    rows = await ctx.db.fetch(
+        "SELECT d.id AS data_source_id, g.uuid::text AS gateway_uuid, d.connection,"
+        " coalesce(json_agg(json_build_object('point_id', p.id, 'address', p.address) ORDER BY p.id)"
+        "  FILTER (WHERE p.id IS NOT NULL AND NOT p.is_virtual), '[]') AS points"
+        " FROM data_sources d JOIN gateways g ON g.id = d.gateway_id LEFT JOIN points p ON p.data_source_id = d.id"
+        " WHERE d.protocol = 'modbus-tcp' GROUP BY d.id, g.uuid ORDER BY d.id"
+    )
+    return [
+        {
+            "data_source_id": r["data_source_id"],
+            "gateway_uuid": r["gateway_uuid"],
+            "host": r["connection"].get("host"),
+            "port": r["connection"].get("port", 502),
+            "points": r["points"],
+        }
+        for r in rows
+    ]
