@@ -49,6 +49,8 @@ class Scope:
     provider_id: int | None = None
     user_id: int | None = None
     role: str = ""
+    # A privilege narrowing the caller to parts of the space tree: the allowed space ids (None: no narrowing).
+    spaces: tuple[int, ...] | None = None
 
 
 SYSTEM = Scope(admin=True, role="system")
@@ -56,7 +58,8 @@ NOBODY = Scope()
 
 _SCOPE_SQL = (
     "SELECT set_config('gridfleet.admin', $1, false), set_config('gridfleet.provider', $2, false),"
-    " set_config('gridfleet.user', $3, false), set_config('gridfleet.role', $4, false)"
+    " set_config('gridfleet.user', $3, false), set_config('gridfleet.role', $4, false),"
+    " set_config('gridfleet.spaces', $5, false)"
 )
 
 
@@ -67,6 +70,7 @@ async def apply_scope(conn: Queryable, scope: Scope) -> None:
         "" if scope.provider_id is None else str(scope.provider_id),
         "" if scope.user_id is None else str(scope.user_id),
         scope.role,
+        "" if scope.spaces is None else "{" + ",".join(str(int(s)) for s in scope.spaces) + "}",
     )
 
 

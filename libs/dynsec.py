@@ -109,7 +109,7 @@ async def ensure_platform_account(admin: MqttTarget, username: str, password: st
                 "roles": [{"rolename": PLATFORM_ROLE}, {"rolename": "admin"}],
             },
             {"command": "setClientPassword", "username": username, "password": password},
-        ],  # fmt: skip
+        ],
         tolerate=("already exists",),
     )
 

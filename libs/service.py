@@ -114,7 +114,14 @@ class Principal:
 
     @property
     def scope(self) -> Scope:
-        return Scope(admin=self.is_admin, provider_id=self.provider_id, user_id=self.user_id, role=self.role)
+        spaces = next((p.removeprefix("spaces:") for p in self.privileges if p.startswith("spaces:")), None)
+        return Scope(
+            admin=self.is_admin,
+            provider_id=self.provider_id,
+            user_id=self.user_id,
+            role=self.role,
+            spaces=None if spaces is None else tuple(int(s) for s in spaces.split(",") if s),
+        )
 
     @classmethod
     def from_header(cls, raw: str | None) -> Principal | None:

@@ -73,6 +73,7 @@ RULES: dict[str, Rule] = {
     "providers": Rule(STAFF, ADMINS),
     # identity
     "users": Rule(ADMINS, ADMINS),
+    "privileges": Rule(ADMINS, ADMINS),
     "apikeys": Rule(EVERYONE, EVERYONE),
     "serviceproviders": Rule(ADMINS, PLATFORM),
     "auditlogs": Rule(ADMINS, ()),

@@ -34,6 +34,7 @@ ROUTES: dict[str, str] = {
     "offlinemeterfiles": "registry",
     # identity
     "apikeys": "registry",
+    "privileges": "registry",
     "serviceproviders": "registry",
     "auditlogs": "registry",
     # fleet health (ingestion owns it)

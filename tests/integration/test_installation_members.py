@@ -85,3 +85,64 @@ async def test_an_owner_sees_only_the_installations_they_belong_to(platform: Pla
         assert (await as_owner.get(f"/instances/{ids[0]}")).status_code == 200
         # An owner is not staff: master data of the provider stays out of reach.
         assert (await as_owner.get("/meters")).status_code == 403
+
+
+async def test_a_privilege_narrows_a_user_to_part_of_the_space_tree(platform: Platform) -> None:
+    tag = uuid.uuid4().hex[:6]
+    provider = (
+        await platform.api.post("/serviceproviders", json={"data": {"name": f"Campus {tag}"}})
+    ).json()["id"]
+    password = f"pw-{uuid.uuid4().hex}"
+    admin = {
+        "name": f"padmin-{tag}",
+        "display_name": "Admin",
+        "role": "provider_admin",
+        "provider_id": provider,
+        "password": password,
+    }
+    assert (await platform.api.post("/users", json={"data": admin})).status_code == 201
+    zone = next(z["id"] for z in (await platform.api.get("/timezones")).json() if z["name"] == "Europe/Paris")
+    category = next(
+        c["id"] for c in (await platform.api.get("/energycategories")).json() if c["name"] == "Electricity"
+    )
+
+    async with logged_in(platform, admin["name"], password) as api:
+
+        async def make(path: str, data: dict[str, object]) -> int:
+            answer = await api.post(path, json={"data": data})
+            assert answer.status_code == 201, answer.text
+            return int(answer.json()["id"])
+
+        campus = await make("/spaces", {"name": f"Campus {tag}", "timezone_id": zone})
+        building = await make(
+            "/spaces", {"name": f"Building {tag}", "timezone_id": zone, "parent_space_id": campus}
+        )
+        floor = await make(
+            "/spaces", {"name": f"Floor {tag}", "timezone_id": zone, "parent_space_id": building}
+        )
+        annex = await make(
+            "/spaces", {"name": f"Annex {tag}", "timezone_id": zone, "parent_space_id": campus}
+        )
+        inside = await make("/meters", {"name": f"Floor meter {tag}", "energy_category_id": category})
+        outside = await make("/meters", {"name": f"Annex meter {tag}", "energy_category_id": category})
+        await make(f"/spaces/{floor}/meters", {"meter_id": inside})
+        await make(f"/spaces/{annex}/meters", {"meter_id": outside})
+        bad = await api.post("/privileges", json={"data": {"name": "x", "data": '{"spaces": [987654]}'}})
+        assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "data.spaces.0"
+        privilege = await make(
+            "/privileges", {"name": f"Building only {tag}", "data": f'{{"spaces": [{building}]}}'}
+        )
+        narrowed = {
+            "name": f"op-{tag}",
+            "display_name": "Op",
+            "role": "operator",
+            "password": password,
+            "privilege_id": privilege,
+        }
+        await make("/users", narrowed)
+
+    async with logged_in(platform, str(narrowed["name"]), password) as as_operator:
+        assert {s["id"] for s in (await as_operator.get("/spaces")).json()} == {building, floor}
+        assert (await as_operator.get(f"/spaces/{annex}")).status_code == 404
+        assert [m["id"] for m in (await as_operator.get("/meters")).json()] == [inside]
+        assert (await as_operator.get(f"/meters/{outside}")).status_code == 404

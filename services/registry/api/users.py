@@ -173,7 +173,8 @@ class VerifyRequest(BaseModel):
 
 
 _PRINCIPAL_SQL = (
-    "SELECT u.id, u.uuid, u.name, u.role, u.provider_id, u.is_disabled, u.account_expires_at FROM users u"
+    "SELECT u.id, u.uuid, u.name, u.role, u.provider_id, u.is_disabled, u.account_expires_at, u.privilege_id"
+    " FROM users u"
 )
 
 
@@ -212,7 +213,11 @@ async def verify(body: VerifyRequest, ctx: ServiceContext = Depends(get_context)
         if row is None:
             raise ProblemError(401, "Unauthorized", "the key's user no longer exists")
         principal = _principal(row, via_key=True)
-        principal["privileges"] = [f"scope:{key['scope']}", f"package:{key['package']}"]
+        principal["privileges"] = [
+            f"scope:{key['scope']}",
+            f"package:{key['package']}",
+            *await _space_grant(ctx, row),
+        ]
         return principal
     row = await ctx.db.fetchrow(
         _PRINCIPAL_SQL + " JOIN user_sessions s ON s.user_id = u.id"
@@ -221,7 +226,23 @@ async def verify(body: VerifyRequest, ctx: ServiceContext = Depends(get_context)
     )
     if row is None or (body.user_uuid is not None and str(row["uuid"]) != body.user_uuid.strip().lower()):
         raise ProblemError(401, "Unauthorized", "the token is unknown, expired or revoked")
-    return _principal(row)
+    principal = _principal(row)
+    principal["privileges"] = await _space_grant(ctx, row)
+    return principal
+
+
+async def _space_grant(ctx: ServiceContext, row: asyncpg.Record) -> list[str]:
+    """A user narrowed by a privilege gets `spaces:<ids>`: the granted spaces and everything below them."""
+    if row["privilege_id"] is None:
+        return []
+    ids = await ctx.db.fetchval(
+        "WITH RECURSIVE granted(id) AS ("
+        " SELECT (jsonb_array_elements_text(data -> 'spaces'))::bigint FROM privileges WHERE id = $1"
+        " UNION SELECT s.id FROM spaces s JOIN granted g ON s.parent_space_id = g.id)"
+        " SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM granted",
+        row["privilege_id"],
+    )
+    return [f"spaces:{','.join(str(i) for i in ids)}"]
 
 
 async def ensure_admin(ctx: ServiceContext) -> None:
@@ -252,6 +273,7 @@ class UserIn(Body):
     account_expiration_datetime: datetime | None = None
     password_expiration_datetime: datetime | None = None
     is_disabled: bool = False
+    privilege_id: int | None = Field(None, description="Narrows the user to the spaces of this privilege")
 
 
 def _user(row: asyncpg.Record) -> dict[str, Any]:
@@ -265,6 +287,7 @@ def _user(row: asyncpg.Record) -> dict[str, Any]:
         "role": row["role"],
         "provider_id": row["provider_id"],
         "is_disabled": row["is_disabled"],
+        "privilege_id": row["privilege_id"],
         "is_locked": row["locked_until"] is not None and row["locked_until"] > datetime.now(UTC),
         "account_expiration_datetime": _iso(row["account_expires_at"]),
         "password_expiration_datetime": _iso(row["password_expires_at"]),
@@ -322,10 +345,11 @@ async def create_user(
     try:
         new_id = await ctx.db.fetchval(
             "INSERT INTO users (uuid, name, display_name, email, password_hash, is_admin, role, provider_id,"
-            " account_expires_at, password_expires_at, is_disabled) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
-            " RETURNING id",
+            " account_expires_at, password_expires_at, is_disabled, privilege_id)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) RETURNING id",
             uuid.uuid4(), d.name, d.display_name, d.email, hash_password(d.password), role == "platform_admin",
             role, provider_id, d.account_expiration_datetime, d.password_expiration_datetime, d.is_disabled,
+            d.privilege_id,
         )  # fmt: skip
     except asyncpg.UniqueViolationError as exc:
         field = "email" if "email" in (exc.constraint_name or "") else "name"
@@ -426,9 +450,9 @@ async def update_user(
         raise bad_request("role", "you cannot change your own role")
     found = await ctx.db.fetchval(
         "UPDATE users SET name=$2, display_name=$3, email=$4, role=$5, is_admin=$6, provider_id=$7,"
-        " account_expires_at=$8, password_expires_at=$9, is_disabled=$10 WHERE id=$1 RETURNING id",
+        " account_expires_at=$8, password_expires_at=$9, is_disabled=$10, privilege_id=$11 WHERE id=$1 RETURNING id",
         user_id, d.name, d.display_name, d.email, role, role == "platform_admin", provider_id,
-        d.account_expiration_datetime, d.password_expiration_datetime, d.is_disabled,
+        d.account_expiration_datetime, d.password_expiration_datetime, d.is_disabled, d.privilege_id,
     )  # fmt: skip
     if found is None:
         raise not_found("user", user_id)

@@ -188,7 +188,28 @@ VIRTUAL_METERS = Resource(
     validate=_validate_expression,
 )  # fmt: skip
 
+
+async def _validate_privilege(db: Queryable, data: dict[str, Any], ident: int | None) -> None:
+    """`data` is `{"spaces": [space ids]}` over spaces that exist (and the caller can see)."""
+    spaces = (data.get("data") or {}).get("spaces")
+    if not isinstance(spaces, list) or not spaces:
+        raise bad_request("data.spaces", 'a privilege lists the spaces it grants, e.g. {"spaces": [1, 3]}')
+    for index, space in enumerate(spaces):
+        if isinstance(space, bool) or not isinstance(space, int):
+            raise bad_request(f"data.spaces.{index}", "space ids are integers")
+        if not await db.fetchval("SELECT 1 FROM spaces WHERE id = $1", space):
+            raise bad_request(f"data.spaces.{index}", f"space {space} does not exist")
+
+
+PRIVILEGES = Resource(
+    "privileges", "privileges", "privilege",
+    (Col("name", str, required=True),
+     Col("data", dict, required=True, json=True, description='{"spaces": [1, 3]}: those spaces and all below them')),
+    validate=_validate_privilege, verbs=(),
+)  # fmt: skip
+
 RESOURCES = (
+    PRIVILEGES,
     CONTACTS, COST_CENTERS, ENERGY_ITEMS, PROTOCOLS, SENSORS, TENANT_TYPES, STORE_TYPES, TENANTS, STORES, SHOPFLOORS,
     EQUIPMENTS, COMBINED_EQUIPMENTS, WORKING_CALENDARS, OFFLINE_METERS, VIRTUAL_METERS,
 )  # fmt: skip
