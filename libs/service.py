@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.auth import constant_time_equals
@@ -268,10 +269,87 @@ def install_problem_handlers(app: FastAPI) -> None:
             exc.status_code, title, str(exc.detail), headers=getattr(exc, "headers", None)
         )
 
+    @app.exception_handler(ValidationError)
+    async def _invalid_inside(_: Request, exc: ValidationError) -> Response:
+        # A body re-validated inside a route (an import, say) is bad input too, not a server error.
+        errors = [
+            {"field": _field_of(err["loc"]), "message": err["msg"]} for err in exc.errors(include_url=False)
+        ]
+        return problem_response(
+            400, "Invalid input", "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]), errors
+        )
+
+    @app.exception_handler(asyncpg.NotNullViolationError)
+    async def _missing(_: Request, exc: asyncpg.NotNullViolationError) -> Response:
+        column = exc.column_name or "(value)"
+        return problem_response(
+            400, "Invalid input", f"{column} may not be null", [{"field": column, "message": "required"}]
+        )
+
+    @app.exception_handler(asyncpg.DataError)
+    async def _unstorable(_: Request, exc: asyncpg.DataError) -> Response:
+        return problem_response(
+            400,
+            "Invalid input",
+            _storage_reason(exc),
+            [{"field": "(request)", "message": _storage_reason(exc)}],
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
         return problem_response(500, "Internal error", "the request could not be completed; it was logged")
+
+
+def _storage_reason(exc: Exception) -> str:
+    text = str(exc)
+    if "0x00" in text or "nul" in text.lower():
+        return "text may not contain NUL characters"
+    if "out of" in text and "range" in text:
+        return "a number is out of range (ids are at most 9223372036854775807)"
+    return "a value cannot be stored as given"
+
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Document bad input as it is answered: 400 application/problem+json (not FastAPI's default 422)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses["400"] = {
+                        "description": "Invalid input: the offending fields are named in `errors`",
+                        "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
+                    }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_observability(app: FastAPI, service: str) -> None:
@@ -290,6 +368,13 @@ def install_observability(app: FastAPI, service: str) -> None:
         started = time.perf_counter()
         try:
             response = await call_next(request)
+        except Exception:
+            # Answered here rather than by Starlette's outer handler, which re-raises and makes the server drop
+            # the connection: a keep-alive client (the gateway) would then fail its next, unrelated request.
+            log.exception("unhandled error")
+            response = problem_response(
+                500, "Internal error", "the request could not be completed; it was logged"
+            )
         finally:
             correlation_id.reset(token)
             current_principal_header.reset(principal_token)
@@ -357,7 +442,9 @@ def create_service_app(
         version="1.0.0",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        redirect_slashes=False,  # a redirect would point past the gateway, at this service's own address
     )
+    install_problem_openapi(app)
     app.state.ctx = ctx
     install_problem_handlers(app)
     install_observability(app, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from services.gateway.routing import PUBLIC, ROUTES, service_for
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+_UNSAFE_PATH = re.compile(r"%(2f|3f|23|5c|00)", re.IGNORECASE)
 # Hop-by-hop and credential headers never forwarded to services.
 _DROP_REQUEST = {
     "host", "content-length", "connection", "token", "user-uuid", "authorization", "api-key",
@@ -178,6 +180,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.api_route(f"{API_PREFIX}/{{path:path}}", methods=_METHODS, include_in_schema=False)
     async def forward(path: str, request: Request) -> Response:
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        if _UNSAFE_PATH.search(raw) or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+            # An encoded separator or a control character would change which resource is hit downstream.
+            raise ProblemError(404, "Not found", "no resource at this address")
+        path = path.rstrip("/")  # /gateways/ is /gateways (services never redirect)
         service = service_for(path)
         if service is None or path.startswith("internal") or "/internal" in path:
             raise ProblemError(404, "Not found", f"no resource at {API_PREFIX}/{path}")
@@ -205,20 +212,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path.rstrip("/") == "users/logout":
             headers["Token"] = request.headers.get("Token") or request.headers.get("Authorization", "")[7:]
         headers.update(ctx.internal_headers(principal))
-        try:
-            upstream = await ctx.call(
-                service,
-                request.method,
-                f"/{path}",
-                params=request.query_params,
-                content=body,
-                headers=headers,
-            )
-        except httpx.HTTPError as exc:
-            log.warning("service unreachable", extra={"fields": {"service": service, "error": repr(exc)}})
-            raise ProblemError(
-                503, "Unavailable", f"the {service} service is not reachable; retry shortly"
-            ) from exc
+        attempts = 2 if request.method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
+            try:
+                upstream = await ctx.call(
+                    service,
+                    request.method,
+                    f"/{path}",
+                    params=request.query_params,
+                    content=body,
+                    headers=headers,
+                )
+                break
+            except httpx.TransportError as exc:
+                # A kept-alive connection the service just closed: a read is safe to send once more.
+                if attempt + 1 < attempts:
+                    continue
+                log.warning("service unreachable", extra={"fields": {"service": service, "error": repr(exc)}})
+                raise ProblemError(
+                    503, "Unavailable", f"the {service} service is not reachable; retry shortly"
+                ) from exc
         if request.method != "GET":
             event = AuditEvent(
                 event_key=uuid.uuid4().hex,

@@ -203,3 +203,25 @@ async def test_the_gateway_serves_one_openapi_document_for_api_v1(platform: Plat
     ):
         assert path in paths
     assert not [p for p in paths if "/internal" in p]
+
+
+async def test_odd_addresses_and_unstorable_values_are_clear_4xx_never_5xx(platform: Platform) -> None:
+    # Control characters and encoded separators never reach (or redirect) a service.
+    for path in ("/gateways/%01", "/timezones/%0D", "/gateways/1%2Fdatasources", "/gateways/1%3Fx"):
+        problem(await platform.api.get(path), 404)
+    listed = await platform.api.get("/gateways/")
+    assert listed.status_code == 200 and "location" not in listed.headers
+    # Values the database cannot hold are bad input.
+    problem(await platform.api.get("/meters/9223372036854775808"), 400)
+    problem(await platform.api.get("/timezones/2147483648"), 400)
+    problem(await platform.api.post("/gateways", json={"data": {"name": "a\u0000b"}}), 400)
+    problem(await platform.api.post("/shopfloors", json={"data": {"name": "x", "area": None}}), 400)
+    problem(await platform.api.post("/gateways/import", json={"data": {}}), 400)
+    from tests.support import build_site
+
+    site = await build_site(platform.api, f"far-{uuid.uuid4().hex[:6]}")
+    far: dict[str, str | int] = {
+        "meterid": site.meters["main"], "periodtype": "daily", "reportingperiodstartdatetime": "0001-01-01T00:00:00",
+        "reportingperiodenddatetime": "0001-01-02T00:00:00",
+    }  # fmt: skip
+    problem(await platform.api.get("/reports/meterenergy", params=far), 400)

@@ -39,13 +39,6 @@ from services.registry.resources.framework import ensure_unbound
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-# The protocols MyEMS names for data sources.
-PROTOCOLS = (
-    "modbus-tcp", "modbus-rtu", "bacnet-ip", "s7", "profibus", "profinet", "opc-ua", "lora", "simulation",
-    "controllogix", "weather", "mysql", "sqlserver", "postgresql", "oracle", "mongodb", "influxdb", "mqtt",
-)  # fmt: skip
-OBJECT_TYPES = ("ENERGY_VALUE", "ANALOG_VALUE", "DIGITAL_VALUE", "BINARY_VALUE")
-
 
 def _epoch_ms(moment: datetime | None) -> float | None:
     return moment.timestamp() * 1000 if moment else None
@@ -224,19 +217,19 @@ def _validate_connection(protocol: str, connection: dict[str, Any]) -> None:
             raise bad_request("connection.port", "port must be an integer 1-65535")
 
 
+Protocol = Literal[
+    "modbus-tcp", "modbus-rtu", "bacnet-ip", "s7", "profibus", "profinet", "opc-ua", "lora", "simulation",
+    "controllogix", "weather", "mysql", "sqlserver", "postgresql", "oracle", "mongodb", "influxdb", "mqtt",
+]  # fmt: skip
+ObjectType = Literal["ENERGY_VALUE", "ANALOG_VALUE", "DIGITAL_VALUE", "BINARY_VALUE"]
+
+
 class DataSourceIn(Body):
     name: Name
-    gateway_id: int = Field(ge=1)
-    protocol: str
+    gateway_id: int = Field(ge=1, le=2**63 - 1)
+    protocol: Protocol
     connection: Any = None
     description: Description = None
-
-    @field_validator("protocol")
-    @classmethod
-    def _known_protocol(cls, value: str) -> str:
-        if value not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}")
-        return value
 
 
 _DATASOURCE_SQL = (
@@ -357,7 +350,7 @@ async def datasource_points(
 class PointIn(Body):
     name: Name
     data_source_id: int = Field(ge=1)
-    object_type: str
+    object_type: ObjectType
     units: str = Field("", max_length=32)
     high_limit: float | None = None
     low_limit: float | None = None
@@ -368,13 +361,6 @@ class PointIn(Body):
     is_virtual: bool = False
     address: Any = None
     description: Description = None
-
-    @field_validator("object_type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        if value not in OBJECT_TYPES:
-            raise ValueError(f"object_type must be one of {', '.join(OBJECT_TYPES)}")
-        return value
 
     @field_validator("ratio")
     @classmethod

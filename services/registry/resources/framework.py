@@ -105,8 +105,11 @@ def request_model(resource: Resource) -> type[BaseModel]:
         annotation = Any if col.json else col.type
         if col.required:
             fields[col.name] = (annotation, Field(..., **kwargs))
+        elif col.default is not None:
+            # A column with a default takes a value or nothing: an explicit null is refused, not stored.
+            fields[col.name] = (annotation, Field(col.default, **kwargs))
         else:
-            fields[col.name] = (annotation | None, Field(col.default, **kwargs))
+            fields[col.name] = (annotation | None, Field(None, **kwargs))
     fields["description"] = (str | None, Field(None, max_length=4096))
     model_name = "".join(part.capitalize() for part in resource.label.split()) + "In"
     data_model = create_model(model_name, __base__=_Body, **fields)
