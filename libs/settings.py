@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     port_base: int = Field(8000, ge=1, le=65000)
     # The broker enforces per-gateway accounts (Mosquitto dynamic security); the registry keeps them in step.
     mqtt_dynsec: bool = False
+    # Modbus TCP polling (ingestion): seconds between polls of each data source.
+    modbus_interval_s: float = Field(10.0, gt=0)
     # How long the broker keeps a disconnected service's session (and its queued messages).
     mqtt_session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     log_level: str = "INFO"

@@ -21,7 +21,7 @@ from proto_schemas.control import ControlAck, ControlState, ScheduleAck, Schedul
 from proto_schemas.deadletter import DeadLetter
 from proto_schemas.health import Health
 from proto_schemas.pipeline import EnergyIntervalBatch, RawReadingBatch
-from proto_schemas.registry import GatewaySeen, RegistryChange
+from proto_schemas.registry import DataSourceStatus, GatewaySeen, RegistryChange
 from proto_schemas.telemetry import GatewayStatus, Telemetry
 
 Direction = Literal["publish", "subscribe", "internal"]
@@ -157,6 +157,13 @@ CATALOG: list[Entry] = [
         (),
         "internal",
         "When ingestion last heard from each gateway, for the registry",
+    ),
+    Entry(
+        DataSourceStatus,
+        topics.DATASOURCE_STATUS,
+        (),
+        "internal",
+        "A polled (Modbus TCP) data source went online or offline, for the registry",
     ),
     Entry(
         AuditEvent,

@@ -28,3 +28,18 @@ class GatewaySeen(Message):
     gateway_uuid: str
     last_seen_ms: int
     status: Literal["online", "offline"] | None = None
+
+
+class DataSourceStatus(Message):
+    """A polled data source went online or offline (ingestion's Modbus poller to the registry)."""
+
+    schema_name = "gridfleet.datasource_status"
+
+    data_source_id: int
+    gateway_uuid: str
+    status: Literal["online", "offline"]
+    previous: Literal["unknown", "online", "offline"]
+    changed_ms: int = Field(description="Epoch milliseconds of the change")
+    consecutive_failures: int = Field(ge=0)
+    last_good_ms: int | None = None
+    reason: str | None = Field(None, max_length=1024)

@@ -142,6 +142,16 @@ EXAMPLES: dict[str, Any] = {
         "quality": [0],
     },
     "internal.config.changed": {"entity": "point", "action": "updated", "id": 1042},
+    "internal.datasources.status": {
+        "data_source_id": 12,
+        "gateway_uuid": "0b6f3c1e-2d4a-4f5b-8c9d-1e2f3a4b5c6d",
+        "status": "offline",
+        "previous": "online",
+        "changed_ms": 1795440000000,
+        "consecutive_failures": 3,
+        "last_good_ms": 1795439970000,
+        "reason": "timeout after 3 s",
+    },
     "internal.audit": {
         "event_key": "3f6c2b1e9a0d4c5b8e7f6a5b4c3d2e1f",
         "at": "2026-11-22T10:00:00Z",

@@ -11,7 +11,7 @@ from libs.bus import Delivery
 from libs.service import ServiceContext, create_service_app
 from proto_schemas import topics
 from proto_schemas.audit import AuditEvent
-from proto_schemas.registry import GatewaySeen
+from proto_schemas.registry import DataSourceStatus, GatewaySeen
 from services.registry.api import (
     acquisition,
     audit,
@@ -58,6 +58,22 @@ async def setup(ctx: ServiceContext) -> None:
         await _record_seen(ctx, deliveries)
 
     ctx.mqtt.subscribe(topics.GATEWAYS_SEEN, GatewaySeen, on_seen, batch_max=500)
+
+    async def on_source_status(deliveries: list[Delivery[DataSourceStatus]]) -> None:
+        async with ctx.system() as conn:
+            for delivery in deliveries:
+                change = delivery.model
+                # Only a newer change overrides: a redelivered or late event changes nothing.
+                await conn.execute(
+                    "UPDATE data_sources SET status = $2, status_changed_at = $3, last_seen_at = coalesce($4, last_seen_at)"
+                    " WHERE id = $1 AND (status_changed_at IS NULL OR status_changed_at <= $3)",
+                    change.data_source_id,
+                    change.status,
+                    datetime.fromtimestamp(change.changed_ms / 1000, UTC),
+                    datetime.fromtimestamp(change.last_good_ms / 1000, UTC) if change.last_good_ms else None,
+                )
+
+    ctx.mqtt.subscribe(topics.DATASOURCE_STATUS, DataSourceStatus, on_source_status, batch_max=100)
 
     async def on_audit(deliveries: list[Delivery[AuditEvent]]) -> None:
         await audit.store(ctx, deliveries)

@@ -241,6 +241,8 @@ _DATASOURCE_SQL = (
 def _datasource(row: asyncpg.Record, online_window_s: int) -> dict[str, Any]:
     seen = row["last_seen_at"] or row["gw_seen"]
     online = seen is not None and (datetime.now(UTC) - seen).total_seconds() <= online_window_s
+    if row["status"] is not None:  # a polled source: its poller's verdict
+        online = row["status"] == "online"
     return {
         "id": row["id"],
         "name": row["name"],

@@ -1,0 +1,1 @@
+"""Modbus TCP acquisition: decode registers, plan batched reads, poll data sources into telemetry."""
