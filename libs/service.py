@@ -112,6 +112,7 @@ class Principal:
     provider_id: int | None = None
     role: str = "platform_admin"
     via_key: bool = False  # authenticated by an API key (read-only)
+    expires_at: float | None = None  # epoch seconds when the credential stops working
 
     @property
     def scope(self) -> Scope:
@@ -506,6 +507,9 @@ def run_service(app: FastAPI, name: str) -> None:
         # Longer than any client's keep-alive (sibling_client keeps 30 s), so a server never closes a
         # connection at the instant a client reuses it.
         timeout_keep_alive=75,
+        # Not behind a trusted proxy by default: X-Forwarded-For from any local client must not choose the
+        # address the rate limiter and the audit log see.
+        proxy_headers=False,
     )
 
 

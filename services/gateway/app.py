@@ -43,6 +43,7 @@ from services.gateway.routing import PUBLIC, ROUTES, service_for
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+_IDENTITY_HEADS = {"users", "apikeys", "serviceproviders", "privileges"}
 _UNSAFE_PATH = re.compile(r"%(2f|3f|23|5c|00)", re.IGNORECASE)
 # Hop-by-hop and credential headers never forwarded to services.
 _DROP_REQUEST = {
@@ -232,6 +233,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ProblemError(
                     503, "Unavailable", f"the {service} service is not reachable; retry shortly"
                 ) from exc
+        if request.method != "GET" and upstream.status_code < 300 and path.split("/", 1)[0] in _IDENTITY_HEADS:
+            # Passwords, users and keys changed through this gateway end cached sessions at once; other gateway
+            # replicas hear of it on the bus a moment later.
+            authenticator.forget_all()
         if request.method != "GET":
             event = AuditEvent(
                 event_key=uuid.uuid4().hex,

@@ -65,7 +65,11 @@ class Authenticator:
         principal = Principal(**response.json())
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[key] = (now + CACHE_SECONDS, principal)
+        keep = CACHE_SECONDS
+        if principal.expires_at is not None:
+            keep = min(keep, principal.expires_at - time.time())  # never past the credential's own expiry
+        if keep > 0:
+            self._cache[key] = (now + keep, principal)
         return principal
 
     def forget(self, request: Request) -> None:

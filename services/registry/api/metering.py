@@ -202,6 +202,8 @@ async def bind_point(
 
 @router.delete("/meters/{meter_id}/points/{point_id}", status_code=204, tags=["meters"])
 async def unbind_point(meter_id: int, point_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
+    # The link table carries no tenancy: the meter's row does (another provider's meter is 404).
+    await fetch_or_404(ctx.db, "meter", "SELECT id FROM meters WHERE id = $1", meter_id)
     found = await ctx.db.fetchval(
         "DELETE FROM meter_points WHERE meter_id = $1 AND point_id = $2 RETURNING point_id",
         meter_id,
@@ -410,6 +412,7 @@ async def bind_meter(
 
 @router.delete("/spaces/{space_id}/meters/{meter_id}", status_code=204, tags=["spaces"])
 async def unbind_meter(space_id: int, meter_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
+    await fetch_or_404(ctx.db, "space", "SELECT id FROM spaces WHERE id = $1", space_id)
     found = await ctx.db.fetchval(
         "DELETE FROM space_meters WHERE space_id = $1 AND meter_id = $2 RETURNING meter_id",
         space_id,

@@ -110,6 +110,7 @@ async def login(body: Envelope[LoginData], ctx: ServiceContext = Depends(get_con
                 "Locked",
                 f"too many failed logins; the account is locked until {row['locked_until'].isoformat()}",
             )
+        refusal: ProblemError | None = None
         if not verify_password(row["password_hash"], body.data.password):
             failed = row["failed_logins"] + 1
             locked = now + LOCKOUT if failed >= MAX_FAILED_LOGINS else None
@@ -117,11 +118,17 @@ async def login(body: Envelope[LoginData], ctx: ServiceContext = Depends(get_con
                 "UPDATE users SET failed_logins = $2, locked_until = $3 WHERE id = $1",
                 row["id"], 0 if locked else failed, locked,
             )  # fmt: skip
-            if locked:
-                raise ProblemError(
+            refusal = (
+                ProblemError(
                     423, "Locked", f"too many failed logins; the account is locked until {locked.isoformat()}"
                 )
-            raise ProblemError(400, "Invalid credentials", "the user name or password is wrong")
+                if locked
+                else ProblemError(400, "Invalid credentials", "the user name or password is wrong")
+            )
+    # Raised after the transaction, so the failed attempt stays counted.
+    if refusal is not None:
+        raise refusal
+    async with ctx.db.acquire() as conn, conn.transaction():
         if row["is_disabled"]:
             raise ProblemError(403, "Disabled", "this account is disabled")
         if row["account_expires_at"] is not None and row["account_expires_at"] <= now:
@@ -213,6 +220,7 @@ async def verify(body: VerifyRequest, ctx: ServiceContext = Depends(get_context)
         if row is None:
             raise ProblemError(401, "Unauthorized", "the key's user no longer exists")
         principal = _principal(row, via_key=True)
+        principal["expires_at"] = _earliest(key["expires_at"], row["account_expires_at"])
         principal["privileges"] = [
             f"scope:{key['scope']}",
             f"package:{key['package']}",
@@ -220,7 +228,8 @@ async def verify(body: VerifyRequest, ctx: ServiceContext = Depends(get_context)
         ]
         return principal
     row = await ctx.db.fetchrow(
-        _PRINCIPAL_SQL + " JOIN user_sessions s ON s.user_id = u.id"
+        _PRINCIPAL_SQL.replace(" FROM users u", ", s.expires_at AS session_expires_at FROM users u")
+        + " JOIN user_sessions s ON s.user_id = u.id"
         " WHERE s.token_digest = $1 AND s.expires_at > now() AND s.revoked_at IS NULL",
         token_digest(body.token or ""),
     )
@@ -228,7 +237,14 @@ async def verify(body: VerifyRequest, ctx: ServiceContext = Depends(get_context)
         raise ProblemError(401, "Unauthorized", "the token is unknown, expired or revoked")
     principal = _principal(row)
     principal["privileges"] = await _space_grant(ctx, row)
+    principal["expires_at"] = _earliest(row["session_expires_at"], row["account_expires_at"])
     return principal
+
+
+def _earliest(*moments: datetime | None) -> float | None:
+    """When the credential stops working (epoch seconds): the gateway caches it no longer than that."""
+    known = [m for m in moments if m is not None]
+    return min(known).timestamp() if known else None
 
 
 async def _space_grant(ctx: ServiceContext, row: asyncpg.Record) -> list[str]:

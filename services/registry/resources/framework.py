@@ -456,6 +456,7 @@ def binding_router(binding: Binding) -> APIRouter:
         name=f"unbind {binding.child_label} from {binding.parent.label}",
     )
     async def unbind(parent_id: int, child_id: int, ctx: ServiceContext = Depends(get_context)) -> Response:
+        await parent_exists(ctx.db, parent_id)  # link tables carry no tenancy: the parent's row does
         found = await ctx.db.fetchval(
             f"DELETE FROM {binding.link_table} WHERE {binding.parent_col} = $1 AND {binding.child_col} = $2"
             f" RETURNING {binding.child_col}",
