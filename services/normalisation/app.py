@@ -1,4 +1,4 @@
-"""Normalisation service: ratio, limits, quality, and energy from cumulative registers."""
+"""Normalisation service: ratio, limits, quality, energy from cumulative registers, held spikes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from libs.service import ServiceContext, create_service_app
 from services.normalisation.consumer import Normalisation
+from services.normalisation.held import router as held_router
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -20,4 +21,4 @@ async def setup(ctx: ServiceContext) -> None:
 
 
 def create_app() -> FastAPI:
-    return create_service_app("normalisation", migrations=MIGRATIONS, setup=setup)
+    return create_service_app("normalisation", routers=[held_router], migrations=MIGRATIONS, setup=setup)

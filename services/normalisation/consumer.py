@@ -1,10 +1,14 @@
 """Normalisation: raw readings become values in the point's unit, with a quality, and energy intervals.
 
-For each new raw reading: apply the point's ratio, flag it SUSPECT outside the point's limits, store it once
-per (point, time). For ENERGY_VALUE points, consecutive cumulative readings become interval energy
-(services/normalisation/energy.py); a late reading that lands between two known ones splits their interval,
-which is sent as the old interval negated plus the two new ones. Intervals go to aggregation inside the
-storing transaction, so a crash loses nothing and a redelivery (all rows known already) emits nothing new.
+For each new raw reading: apply the point's ratio (DIGITAL_VALUE points: 0 or 1), flag it SUSPECT outside the
+point's limits (services/normalisation/values.py), store it once per (point, time). For ENERGY_VALUE points,
+consecutive cumulative readings become interval energy (services/normalisation/energy.py: rollover across
+the point's register, reset, replaced meter, gaps); a late reading that lands between two known ones splits
+their interval, which is withdrawn (sent negated) while the two new ones are added. An interval implying more
+than the point's `higher_limit` per hour is a spike: it goes downstream with energy 0 and quality SUSPECT,
+and its energy waits in `held_intervals` until someone confirms it (services/normalisation/held.py) or later
+readings replace the interval. Intervals go to aggregation inside the storing transaction, so a crash loses
+nothing and a redelivery (all rows known already) emits nothing new.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter as Tally
 from collections import defaultdict
+
+from prometheus_client import Counter
 
 from libs.bus import Delivery
 from libs.db import Queryable
@@ -20,8 +27,16 @@ from libs.logs import correlation_id
 from libs.service import ServiceContext
 from proto_schemas import topics
 from proto_schemas.pipeline import EnergyIntervalBatch, RawReadingBatch
-from proto_schemas.quality import Quality
-from services.normalisation.energy import EnergyInterval, interval_energy
+from services.normalisation.energy import (
+    Changes,
+    EnergyInterval,
+    Reading,
+    Register,
+    late_bounds,
+    point_changes,
+    settle,
+)
+from services.normalisation.values import max_energy_per_hour, normalise_value, point_register
 from services.registry.client import PointDirectory, PointInfo
 
 log = logging.getLogger(__name__)
@@ -29,6 +44,12 @@ log = logging.getLogger(__name__)
 # Readings further apart than this are a gap: their energy is spread over it and marked ESTIMATED.
 # An hour keeps meters read hourly (common for utility meters) GOOD.
 MAX_GOOD_GAP_MS = 3_600_000
+
+HELD = Counter(
+    "gridfleet_normalisation_held_intervals_total",
+    "Energy intervals held back as spikes (event=held), and confirmed, rejected or superseded later",
+    ["event"],
+)
 
 # New rows come back as arrays in one row (cheap to decode), only for the energy points that need them.
 _INSERT = """
@@ -52,41 +73,40 @@ CROSS JOIN LATERAL (
 ) r
 """
 
+# The readings late ones can change intervals of: energy.select_window in SQL.
 _WINDOW = """
 SELECT (extract(epoch FROM ts) * 1000)::bigint AS ts_ms, value, quality FROM readings
 WHERE point_id = $1
   AND ts >= coalesce((SELECT max(ts) FROM readings WHERE point_id = $1 AND ts < to_timestamp($2 / 1000.0)),
                      to_timestamp($2 / 1000.0))
-  AND ts <= to_timestamp($3 / 1000.0)
+  AND ts <= coalesce((SELECT min(ts) FROM readings WHERE point_id = $1 AND ts > to_timestamp($3 / 1000.0)),
+                     to_timestamp($3 / 1000.0))
 ORDER BY ts
 """
 
+_HOLD = """
+INSERT INTO held_intervals (point_id, start_ms, end_ms, energy, quality, reason)
+SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::float8[], $5::smallint[], $6::text[])
+ON CONFLICT (point_id, start_ms, end_ms) DO NOTHING
+"""
 
-def classify(info: PointInfo, value: float) -> Quality:
-    """SUSPECT outside the point's [low_limit, high_limit]; GOOD otherwise."""
-    if info.low_limit is not None and value < info.low_limit:
-        return Quality.SUSPECT
-    if info.high_limit is not None and value > info.high_limit:
-        return Quality.SUSPECT
-    return Quality.GOOD
+# Withdrawn intervals that were held: they are superseded; what was sent for them is returned.
+_SUPERSEDE = """
+WITH hit AS (
+    SELECT h.id, h.point_id, h.start_ms, h.end_ms, h.energy, h.status
+    FROM held_intervals h
+    JOIN unnest($1::int[], $2::bigint[], $3::bigint[]) AS w(p, s, e)
+      ON h.point_id = w.p AND h.start_ms = w.s AND h.end_ms = w.e
+    WHERE h.status IN ('held', 'confirmed')
+    FOR UPDATE OF h
+), done AS (
+    UPDATE held_intervals h SET status = 'superseded', superseded_at = now() FROM hit WHERE h.id = hit.id
+)
+SELECT point_id, start_ms, end_ms, energy, status FROM hit
+"""
 
-
-# (ts_ms, value, quality) of a stored reading
-Stored = tuple[int, float, int]
-
-
-def _intervals(previous: Stored | None, series: list[Stored]) -> list[EnergyInterval]:
-    """Interval energy for a series, each interval as bad as the worse of its two readings."""
-    prev = (previous[0], previous[1]) if previous else None
-    intervals = interval_energy(prev, [(ts, value) for ts, value, _ in series], max_gap_ms=MAX_GOOD_GAP_MS)
-    chain = ([previous] if previous else []) + series
-    qualities = [quality for _, _, quality in chain]
-    return [
-        EnergyInterval(
-            iv.start_ms, iv.end_ms, iv.energy, Quality.worst(iv.quality, qualities[i], qualities[i + 1])
-        )
-        for i, iv in enumerate(intervals)
-    ]
+# (point_id, raw interval, reason) of an interval to hold
+Hold = tuple[int, EnergyInterval, str]
 
 
 class Normalisation:
@@ -94,28 +114,32 @@ class Normalisation:
         self.ctx = ctx
         self.points = PointDirectory(ctx)
         # Latest stored reading of each energy point; only updated after a commit.
-        self._latest: dict[int, Stored] = {}
+        self._latest: dict[int, Reading] = {}
+        # Register of each energy point, for the PointInfo it was derived from.
+        self._registers: dict[int, tuple[PointInfo, Register | None]] = {}
 
     def register(self) -> None:
         self.points.watch()
         self.ctx.mqtt.subscribe(topics.READINGS_RAW, RawReadingBatch, self.on_raw, batch_max=50)
 
     def _normalise(self, batch: RawReadingBatch) -> tuple[list[float], list[int]]:
-        """Values in the point's unit (raw x ratio) and their quality."""
+        """Values in the point's unit (raw x ratio; 0/1 for digital points) and their quality."""
         known = self.points.points
         values: list[float] = []
         qualities: list[int] = []
         for point_id, raw in zip(batch.point_ids, batch.values, strict=True):
-            info = known.get(point_id)
-            if info is None:
-                # Deleted between ingestion and here: keep the reading, flagged, rather than lose it.
-                values.append(raw)
-                qualities.append(Quality.SUSPECT)
-                continue
-            value = raw * info.ratio
+            value, quality = normalise_value(known.get(point_id), raw)
             values.append(value)
-            qualities.append(classify(info, value))
+            qualities.append(quality)
         return values, qualities
+
+    def _register_of(self, info: PointInfo) -> Register | None:
+        cached = self._registers.get(info.id)
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        register = point_register(info)
+        self._registers[info.id] = (info, register)
+        return register
 
     async def on_raw(self, deliveries: list[Delivery[RawReadingBatch]]) -> None:
         """Store and turn into intervals each raw batch in turn, in one transaction.
@@ -128,6 +152,7 @@ class Normalisation:
         known = self.points.points
         correlation_id.set(deliveries[0].model.correlation_id)
         outputs: list[EnergyIntervalBatch] = []
+        events: Tally[str] = Tally()
         async with self.ctx.db.acquire() as conn, conn.transaction():
             latest = dict(self._latest)  # becomes the cache only once the transaction commits
             for delivery in deliveries:
@@ -143,14 +168,38 @@ class Normalisation:
                 row = await conn.fetchrow(
                     _INSERT, batch.point_ids, batch.ts_ms, values, qualities, list(energy_points)
                 )
-                new_rows: dict[int, list[Stored]] = defaultdict(list)
+                new_rows: dict[int, list[Reading]] = defaultdict(list)
                 if row is not None and row[0]:
                     for point_id, ts, value, quality in zip(row[0], row[1], row[2], row[3], strict=True):
                         new_rows[point_id].append((ts, value, quality))
-                intervals: list[tuple[int, EnergyInterval]] = []
+                changes: list[tuple[PointInfo, Changes]] = []
                 for point_id, fresh in new_rows.items():
                     fresh.sort()
-                    intervals.extend(await self._energy_for(conn, point_id, fresh, latest))
+                    info = known[point_id]
+                    changes.append((info, await self._changes_for(conn, info, fresh, latest)))
+                removed = [(info.id, iv) for info, change in changes for iv in change.removed]
+                held = await self._supersede(conn, removed, events) if removed else {}
+                intervals: list[tuple[int, EnergyInterval]] = []
+                holds: list[Hold] = []
+                for info, change in changes:
+                    outcome = settle(change, held.get(info.id), max_energy_per_hour(info))
+                    intervals.extend((info.id, iv) for iv in outcome.send)
+                    holds.extend((info.id, iv, reason) for iv, reason in outcome.hold)
+                if holds:
+                    await conn.execute(
+                        _HOLD,
+                        [p for p, _, _ in holds],
+                        [iv.start_ms for _, iv, _ in holds],
+                        [iv.end_ms for _, iv, _ in holds],
+                        [iv.energy for _, iv, _ in holds],
+                        [int(iv.quality) for _, iv, _ in holds],
+                        [reason for _, _, reason in holds],
+                    )
+                    events["held"] += len(holds)
+                    log.warning(
+                        "energy held back as a spike",
+                        extra={"fields": {"count": len(holds), "points": sorted({p for p, _, _ in holds})}},
+                    )
                 if intervals:
                     outputs.append(
                         EnergyIntervalBatch(
@@ -166,8 +215,12 @@ class Normalisation:
             # Published inside the transaction: a crash before the commit replays everything, after it nothing.
             await asyncio.gather(*(self.ctx.mqtt.publish(topics.ENERGY_INTERVALS, out) for out in outputs))
         self._latest = latest
+        for event, count in events.items():
+            HELD.labels(event).inc(count)
 
-    async def _load_latest(self, conn: Queryable, energy_points: set[int], latest: dict[int, Stored]) -> None:
+    async def _load_latest(
+        self, conn: Queryable, energy_points: set[int], latest: dict[int, Reading]
+    ) -> None:
         """Fill in the latest stored reading of energy points not known yet (first batch after a start)."""
         missing = energy_points - latest.keys()
         if not missing:
@@ -175,28 +228,38 @@ class Normalisation:
         for row in await conn.fetch(_LATEST, list(missing)):
             latest[row["point_id"]] = (row["ts_ms"], row["value"], row["quality"])
 
-    async def _energy_for(
-        self, conn: Queryable, point_id: int, fresh: list[Stored], latest: dict[int, Stored]
-    ) -> list[tuple[int, EnergyInterval]]:
-        previous = latest.get(point_id)
-        if previous is None or fresh[0][0] > previous[0]:
-            intervals = _intervals(previous, fresh)
-            latest[point_id] = fresh[-1]
-            return [(point_id, iv) for iv in intervals]
-        # Some readings are older than the latest one known: recompute the window they fall in.
-        late = [row for row in fresh if row[0] < previous[0]]
-        in_order = [row for row in fresh if row[0] > previous[0]]
-        window = [(r["ts_ms"], r["value"], r["quality"]) for r in await conn.fetch(
-            _WINDOW, point_id, late[0][0], previous[0]
-        )]  # fmt: skip
-        late_ts = {row[0] for row in late}
-        before = [row for row in window if row[0] not in late_ts]
-        out = [
-            (point_id, EnergyInterval(iv.start_ms, iv.end_ms, -iv.energy, iv.quality))
-            for iv in _intervals(None, before)
-        ]
-        out += [(point_id, iv) for iv in _intervals(None, window)]
-        if in_order:
-            out += [(point_id, iv) for iv in _intervals(previous, in_order)]
-            latest[point_id] = in_order[-1]
-        return out
+    async def _changes_for(
+        self, conn: Queryable, info: PointInfo, fresh: list[Reading], latest: dict[int, Reading]
+    ) -> Changes:
+        """The intervals new readings of one energy point withdraw and add; advances `latest`."""
+        previous = latest.get(info.id)
+        window: list[Reading] = []
+        if (bounds := late_bounds(previous, fresh)) is not None:
+            # Some readings are older than the latest one known: fetch the stretch of history they fall in.
+            window = [
+                (r["ts_ms"], r["value"], r["quality"]) for r in await conn.fetch(_WINDOW, info.id, *bounds)
+            ]
+        if previous is None or fresh[-1][0] > previous[0]:
+            latest[info.id] = fresh[-1]
+        return point_changes(
+            previous, fresh, window, max_gap_ms=MAX_GOOD_GAP_MS, register=self._register_of(info)
+        )
+
+    async def _supersede(
+        self, conn: Queryable, removed: list[tuple[int, EnergyInterval]], events: Tally[str]
+    ) -> dict[int, dict[tuple[int, int], tuple[float, str]]]:
+        """Mark the held intervals among those late readings replaced as superseded (no longer confirmable).
+
+        Returns, per point, what `energy.settle` needs to cancel them: (held energy, status before).
+        """
+        rows = await conn.fetch(
+            _SUPERSEDE,
+            [p for p, _ in removed],
+            [iv.start_ms for _, iv in removed],
+            [iv.end_ms for _, iv in removed],
+        )
+        held: dict[int, dict[tuple[int, int], tuple[float, str]]] = defaultdict(dict)
+        for row in rows:
+            held[row["point_id"]][(row["start_ms"], row["end_ms"])] = (row["energy"], row["status"])
+        events["superseded"] += len(rows)
+        return held
