@@ -89,22 +89,22 @@ CATALOG: list[Entry] = [
         topics.HEALTH_ALL,
         ("gateway_uuid",),
         "subscribe",
-        "Periodic health report of a controller (planned)",
+        "Periodic health report of a controller",
     ),
     Entry(
         Command,
         _device("cmd"),
         ("gateway_uuid",),
         "publish",
-        "A one-off command for the controller (planned)",
+        "A one-off command for the controller",
     ),
-    Entry(CommandAck, topics.CMD_ACK_ALL, ("gateway_uuid",), "subscribe", "Progress of a command (planned)"),
+    Entry(CommandAck, topics.CMD_ACK_ALL, ("gateway_uuid",), "subscribe", "Progress of a command"),
     Entry(
         ControlState,
         _device("control"),
         ("gateway_uuid",),
         "publish",
-        "Every policy in force now; replaces the previous state (planned)",
+        "Every policy in force now; replaces the previous state",
         retained=True,
     ),
     Entry(
@@ -112,14 +112,14 @@ CATALOG: list[Entry] = [
         topics.CONTROL_ACK_ALL,
         ("gateway_uuid",),
         "subscribe",
-        "A control version applied or rejected (planned)",
+        "A control version applied or rejected",
     ),
     Entry(
         ScheduleState,
         _device("schedule"),
         ("gateway_uuid",),
         "publish",
-        "Every plan not yet finished; replaces the previous set (planned)",
+        "Every plan not yet finished; replaces the previous set",
         retained=True,
     ),
     Entry(
@@ -127,7 +127,7 @@ CATALOG: list[Entry] = [
         topics.SCHEDULE_ACK_ALL,
         ("gateway_uuid",),
         "subscribe",
-        "A schedule version stored or rejected (planned)",
+        "A schedule version stored or rejected",
     ),
     # Internal bus (docs/architecture.md).
     Entry(

@@ -1,39 +1,47 @@
 """Command service: commands with a lifecycle, live setpoints and schedules (CONTRACTS.md §1, §3).
 
-This release declares the service, its topics and its routes' home; the command lifecycle arrives next.
+- services/command/commands.py: `/commands`, `PUT /commands/{id}/send`, `/commandruns`;
+  services/command/runs.py: a run's life (publish, `cmd/ack`, timeouts and expiry).
+- services/command/control.py: `/instances/{id}/policies` and `/instances/{id}/schedules`;
+  services/command/state.py: what is in force, the retained `control` and `schedule` states, `control/ack` and
+  `schedule/ack`, and the loop that ends expired policies and dispatches schedule intervals once.
 """
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
-from libs.bus import Delivery
-from libs.service import ServiceContext, create_service_app
-from proto_schemas import topics
-from proto_schemas.command import CommandAck
+from libs.service import ServiceContext, create_service_app, get_context
+from services.command import commands, control, runs, state
 
-log = logging.getLogger(__name__)
-router = APIRouter(tags=["commands"])
+MIGRATIONS = Path(__file__).parent / "migrations"
+internal = APIRouter(prefix="/internal", include_in_schema=False)
 
 
-@router.get("/commands")
-async def list_commands() -> list[dict[str, object]]:
-    """Commands defined for gateways (none can be defined in this release)."""
-    return []
+@internal.get("/stats")
+async def stats(ctx: ServiceContext = Depends(get_context)) -> dict[str, object]:
+    """Runs by status, dispatched intervals, and dead letters of this process."""
+    rows = await ctx.db.fetch("SELECT status, count(*) AS n FROM command_runs GROUP BY status")
+    dispatched = await ctx.db.fetchval("SELECT coalesce(sum(dispatch_count), 0) FROM schedule_intervals")
+    return {
+        "runs": {row["status"]: row["n"] for row in rows},
+        "intervals_dispatched": int(dispatched),
+        "dead_letters": ctx.mqtt.dead_letters,
+    }
 
 
 async def setup(ctx: ServiceContext) -> None:
-    async def on_ack(deliveries: list[Delivery[CommandAck]]) -> None:
-        for delivery in deliveries:
-            log.info(
-                "command acknowledgement",
-                extra={"fields": {"topic": delivery.topic, "command_id": delivery.model.command_id}},
-            )
-
-    ctx.mqtt.subscribe(topics.CMD_ACK_ALL, CommandAck, on_ack, batch_max=100)
+    runs.register(ctx)
+    state.register(ctx)
 
 
 def create_app() -> FastAPI:
-    return create_service_app("command", routers=[router], setup=setup, title="gridfleet command")
+    return create_service_app(
+        "command",
+        routers=[commands.router, control.router, internal],
+        migrations=MIGRATIONS,
+        setup=setup,
+        title="gridfleet command",
+    )

@@ -233,7 +233,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise ProblemError(
                     503, "Unavailable", f"the {service} service is not reachable; retry shortly"
                 ) from exc
-        if request.method != "GET" and upstream.status_code < 300 and path.split("/", 1)[0] in _IDENTITY_HEADS:
+        if (
+            request.method != "GET"
+            and upstream.status_code < 300
+            and path.split("/", 1)[0] in _IDENTITY_HEADS
+        ):
             # Passwords, users and keys changed through this gateway end cached sessions at once; other gateway
             # replicas hear of it on the bus a moment later.
             authenticator.forget_all()

@@ -79,6 +79,13 @@ RULES: dict[str, Rule] = {
     "auditlogs": Rule(ADMINS, ()),
 }
 
+# Sub-resources with rules of their own: live and scheduled control of an installation. Owners and guests
+# may steer where their membership allows writing (the command service checks that); installers may not.
+SUBRULES: dict[tuple[str, str], Rule] = {
+    ("instances", "policies"): Rule(EVERYONE, (*STEERING, "owner", "guest")),
+    ("instances", "schedules"): Rule(EVERYONE, (*STEERING, "owner", "guest")),
+}
+
 # Routes every logged-in user may call whatever the group says (about themselves only).
 SELF_SERVICE = {("PUT", "users/logout"), ("PUT", "users/changepassword")}
 
@@ -103,8 +110,10 @@ def authorize(principal: Principal, method: str, path: str) -> None:
     path = path.strip("/")
     if principal.via_key is False and ((method, path) in SELF_SERVICE or _leaving(principal, method, path)):
         return
-    head = path.split("/", 1)[0]
-    rule = RULES.get(head)
+    parts = path.split("/")
+    head = parts[0]
+    rule = SUBRULES.get((parts[0], parts[2])) if len(parts) >= 3 else None
+    rule = rule or RULES.get(head)
     if rule is None:
         raise Denied(f"no access rule covers /{head}")
     reading = method in ("GET", "HEAD")

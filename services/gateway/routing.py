@@ -52,7 +52,16 @@ ROUTES: dict[str, str] = {
 PUBLIC = {("PUT", "users/login")}
 
 
+# Sub-resources served by another service than their parent: /instances/{id}/policies is control.
+SUBROUTES: dict[tuple[str, str], str] = {
+    ("instances", "policies"): "command",
+    ("instances", "schedules"): "command",
+}
+
+
 def service_for(path: str) -> str | None:
     """The service owning a path below /api/v1 (no leading slash), or None for an unknown path."""
-    head = path.split("/", 1)[0]
-    return ROUTES.get(head)
+    parts = path.split("/")
+    if len(parts) >= 3 and (parts[0], parts[2]) in SUBROUTES:
+        return SUBROUTES[(parts[0], parts[2])]
+    return ROUTES.get(parts[0])

@@ -72,6 +72,12 @@ ACCESS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 # Anyone may call these, without credentials.
+# Live and scheduled control: steering staff, and owners/guests (the command service narrows them further).
+SUB_ACCESS: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
+    ("instances", "policies"): (_EVERYONE, _STEERING | {"owner", "guest"}),
+    ("instances", "schedules"): (_EVERYONE, _STEERING | {"owner", "guest"}),
+}
+
 PUBLIC = frozenset({("PUT", "users/login")})
 # Every user logged in with a password may call these about themselves, whatever the table says.
 SELF_SERVICE = frozenset({("PUT", "users/logout"), ("PUT", "users/changepassword")})
@@ -104,5 +110,8 @@ def expected(*, role: str | None, via_key: bool, user_id: int | None, method: st
     reading = method in ("GET", "HEAD")
     if via_key and not reading:
         return "denied"  # API keys are read-only
-    readers, writers = ACCESS[path.split("/", 1)[0]]
+    parts = path.split("/")
+    readers, writers = (
+        SUB_ACCESS.get((parts[0], parts[2]), ACCESS[parts[0]]) if len(parts) >= 3 else ACCESS[parts[0]]
+    )
     return "allowed" if role in (readers if reading else writers) else "denied"
