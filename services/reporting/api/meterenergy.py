@@ -39,6 +39,9 @@ def _period_range(
     end = end.astimezone(tz).replace(tzinfo=None) if end.tzinfo else end
     if end <= start:
         raise bad_request(names[1], f"{names[1]} must be after {names[0]}")
+    for name, moment in zip(names, (start, end), strict=True):
+        if not 1970 <= moment.year <= 2200:
+            raise bad_request(name, "reports cover the years 1970 to 2200")
     if end - start > MAX_SPAN.get(periodtype, DEFAULT_MAX_SPAN):
         raise bad_request(
             names[1],
