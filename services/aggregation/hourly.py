@@ -1,4 +1,9 @@
-"""From interval energy to hourly buckets: each interval is spread linearly over the UTC hours it overlaps.
+"""From interval energy to time buckets: each interval is spread linearly over the UTC buckets it overlaps.
+
+Aggregation stores energy per 15-minute UTC bucket ("quarter"): every time zone in use today is offset from UTC
+by a multiple of 15 minutes (Asia/Kolkata +05:30, Asia/Kathmandu +05:45, Pacific/Chatham +12:45), so a local
+day, month or year is always a whole number of quarters and its energy is an exact sum of them. Hourly buckets
+(``hourly_contributions``) remain for callers that want them.
 
 Intervals are (start, end] in epoch milliseconds, as normalisation emits them (services/normalisation/energy.py).
 Everything here is pure: no I/O, no clock.
@@ -11,6 +16,7 @@ from collections.abc import Sequence
 from proto_schemas.quality import Quality
 
 HOUR_MS = 3_600_000
+QUARTER_MS = 900_000
 
 
 def split_interval(
@@ -49,10 +55,37 @@ def hourly_contributions(
     energy: Sequence[float],
     quality: Sequence[int],
 ) -> dict[tuple[int, int], tuple[float, int]]:
-    """Fold a batch of intervals into per-point hourly totals, ready to be upserted in one statement.
+    """Per-point totals per UTC hour: ``bucket_contributions`` with one-hour buckets."""
+    return bucket_contributions(point_ids, start_ms, end_ms, energy, quality, bucket_ms=HOUR_MS)
+
+
+def quarter_contributions(
+    point_ids: Sequence[int],
+    start_ms: Sequence[int],
+    end_ms: Sequence[int],
+    energy: Sequence[float],
+    quality: Sequence[int],
+) -> dict[tuple[int, int], tuple[float, int]]:
+    """Per-point totals per 15-minute UTC bucket: what aggregation stores."""
+    return bucket_contributions(point_ids, start_ms, end_ms, energy, quality, bucket_ms=QUARTER_MS)
+
+
+_KNOWN_CODES = frozenset(int(q) for q in Quality)
+
+
+def bucket_contributions(
+    point_ids: Sequence[int],
+    start_ms: Sequence[int],
+    end_ms: Sequence[int],
+    energy: Sequence[float],
+    quality: Sequence[int],
+    *,
+    bucket_ms: int,
+) -> dict[tuple[int, int], tuple[float, int]]:
+    """Fold a batch of intervals into per-point bucket totals, ready to be upserted in one statement.
 
     The arguments are columns of equal length (as they come out of a columnar batch). The result maps
-    (point_id, UTC hour start ms) to (energy, worst quality code), so an hour touched by a RESET interval
+    (point_id, bucket start ms) to (energy, worst quality code), so a bucket touched by a RESET interval
     stays marked even when most of its energy came from GOOD intervals.
     """
     n = len(point_ids)
@@ -62,20 +95,21 @@ def hourly_contributions(
             f"point_ids={n}, start_ms={len(start_ms)}, end_ms={len(end_ms)}, "
             f"energy={len(energy)}, quality={len(quality)}"
         )
+    if bucket_ms <= 0:
+        raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
     totals: dict[tuple[int, int], tuple[float, int]] = {}
-    known_codes = {int(q) for q in Quality}
     for point_id, start, end, value, code in zip(point_ids, start_ms, end_ms, energy, quality, strict=True):
-        if code not in known_codes:
+        if code not in _KNOWN_CODES:
             raise ValueError(f"unknown quality code {code}")
-        hour = (start // HOUR_MS) * HOUR_MS
-        if start < end and (end - 1) // HOUR_MS * HOUR_MS == hour:
-            # Fast path: the interval lies within one hour (almost all of them).
-            key = (point_id, hour)
+        bucket = (start // bucket_ms) * bucket_ms
+        if start < end and (end - 1) // bucket_ms * bucket_ms == bucket:
+            # Fast path: the interval lies within one bucket (almost all of them).
+            key = (point_id, bucket)
             known = totals.get(key)
             totals[key] = (value, code) if known is None else (known[0] + value, max(known[1], code))
             continue
-        for hour, part in split_interval(start, end, value, bucket_ms=HOUR_MS):
-            key = (point_id, hour)
+        for bucket, part in split_interval(start, end, value, bucket_ms=bucket_ms):
+            key = (point_id, bucket)
             known = totals.get(key)
             if known is None:
                 totals[key] = (part, code)

@@ -1,7 +1,10 @@
-"""Local-civil-time report buckets (hour, day, week, month, year) over UTC hourly energy.
+"""Local-civil-time report buckets (hour, day, week, month, year) over energy stored in UTC buckets.
 
-Energy is stored per UTC hour; people ask for "March" or "yesterday" in their own time zone. This module
-maps a wall-clock range typed by a user onto real instants and rolls hourly rows up into local buckets.
+Energy is stored per 15-minute UTC bucket (and was per UTC hour); people ask for "March" or "yesterday" in
+their own time zone. This module maps a wall-clock range typed by a user onto real instants, gives each local
+bucket's UTC range (``bucket_ranges``, to sum stored quarters in) and rolls stored rows up into local buckets
+(``aggregate``). Every local midnight and hour boundary falls on a quarter in zones in use today (offsets
+are multiples of 15 minutes, e.g. Asia/Kathmandu +05:45), so sums of quarters are exact.
 
 Resolving wall-clock times (``start_local``, ``end_local`` and every calendar boundary):
 
@@ -42,7 +45,8 @@ _SECOND = timedelta(seconds=1)
 
 @dataclass(slots=True)
 class Bucket:
-    """One row of a report: a local period, its energy, its worst quality and how many hours fed it."""
+    """One row of a report: a local period, its energy, its worst quality and how many stored rows fed it
+    (hours or quarters, whichever the input was)."""
 
     start: datetime
     value: float
@@ -162,6 +166,23 @@ def bucket_starts(
     """
     starts, _, _ = _bucket_starts_utc(start_local, end_local, tz, period)
     return [start.astimezone(tz) for start in starts]
+
+
+def bucket_ranges(
+    start_local: datetime, end_local: datetime, tz: ZoneInfo, period: PeriodType
+) -> list[tuple[datetime, datetime, datetime]]:
+    """Each bucket of a report over [start_local, end_local) as (local start, UTC from, UTC to).
+
+    The buckets are those of ``bucket_starts``; each range is the part of the bucket inside the resolved
+    report range, so that summing what starts in [from, to) gives exactly what ``aggregate`` puts in the
+    bucket.
+    """
+    starts, start_utc, end_utc = _bucket_starts_utc(start_local, end_local, tz, period)
+    ends = [*starts[1:], end_utc]
+    return [
+        (begin.astimezone(tz), max(begin, start_utc), min(finish, end_utc))
+        for begin, finish in zip(starts, ends, strict=True)
+    ]
 
 
 def aggregate(

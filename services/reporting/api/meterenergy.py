@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from bisect import bisect_right
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 
 from libs.service import ProblemError, ServiceContext, bad_request, get_context, not_found
 from proto_schemas.quality import Quality
-from services.reporting.periods import PERIOD_TYPES, Bucket, aggregate, format_local, resolve_local
+from services.reporting.periods import PERIOD_TYPES, Bucket, bucket_ranges, format_local, resolve_local
 
 router = APIRouter(tags=["reports"])
 
@@ -50,23 +51,6 @@ def _period_range(
     return start, end
 
 
-async def _hourly(
-    ctx: ServiceContext, meter_id: int, start_utc: datetime, end_utc: datetime
-) -> list[tuple[datetime, float, int]]:
-    response = await ctx.call(
-        "aggregation",
-        "GET",
-        f"/internal/meters/{meter_id}/hourly",
-        params={"start": start_utc.isoformat(), "end": end_utc.isoformat()},
-    )
-    if response.status_code != 200:
-        raise ProblemError(502, "Upstream error", "the aggregation service did not answer")
-    return [
-        (datetime.fromisoformat(r["hour"]).astimezone(UTC), r["energy"], r["quality"])
-        for r in response.json()
-    ]
-
-
 def _section(buckets: list[Bucket], kgce: float, kgco2e: float) -> dict[str, Any]:
     total = sum(b.value for b in buckets)
     return {
@@ -80,13 +64,103 @@ def _section(buckets: list[Bucket], kgce: float, kgco2e: float) -> dict[str, Any
     }
 
 
+# Stored rollups a report may use, coarsest first, for each period type (a week is whole days).
+_ROLLUPS: dict[str, tuple[str, ...]] = {
+    "daily": ("daily",),
+    "weekly": ("daily",),
+    "monthly": ("monthly", "daily"),
+    "yearly": ("yearly", "monthly", "daily"),
+}
+
+
+def _aligned(moment: datetime, rollup: str) -> bool:
+    """Whether a local wall-clock time starts a day, a month or a year."""
+    if moment.time() != time(0):
+        return False
+    if rollup == "monthly":
+        return moment.day == 1
+    if rollup == "yearly":
+        return moment.day == 1 and moment.month == 1
+    return True
+
+
+def rollup_for(start: datetime, end: datetime, periodtype: str) -> str | None:
+    """The coarsest stored rollup whose periods tile both the report's buckets and its range, if any."""
+    for rollup in _ROLLUPS.get(periodtype, ()):
+        if _aligned(start, rollup) and _aligned(end, rollup):
+            return rollup
+    return None
+
+
+async def _sums(
+    ctx: ServiceContext, meter_id: int, ranges: list[tuple[datetime, datetime]]
+) -> list[dict[str, Any]]:
+    response = await ctx.call(
+        "aggregation",
+        "POST",
+        f"/internal/meters/{meter_id}/sums",
+        json={"ranges": [[a.isoformat(), b.isoformat()] for a, b in ranges]},
+    )
+    if response.status_code != 200:
+        raise ProblemError(502, "Upstream error", "the aggregation service did not answer")
+    return list(response.json())
+
+
+async def _stored(
+    ctx: ServiceContext, meter_id: int, rollup: str, start: date, end: date
+) -> dict[str, Any] | None:
+    response = await ctx.call(
+        "aggregation",
+        "GET",
+        f"/internal/meters/{meter_id}/{rollup}",
+        params={"start": start.isoformat(), "end": end.isoformat()},
+    )
+    if response.status_code == 404:
+        return None  # an aggregation without stored rollups: compute from quarters
+    if response.status_code != 200:
+        raise ProblemError(502, "Upstream error", "the aggregation service did not answer")
+    return dict(response.json())
+
+
+def _fill(bucket: Bucket, energy: float, quality: int | None, count: int) -> None:
+    if count:
+        bucket.value += energy
+        bucket.quality = Quality(max(int(bucket.quality), int(quality or 0)))
+        bucket.hours += count
+
+
 async def _period(
     ctx: ServiceContext, meter_id: int, start: datetime, end: datetime, tz: ZoneInfo, periodtype: str
 ) -> list[Bucket]:
-    start_utc = resolve_local(start, tz).astimezone(UTC)
-    end_utc = resolve_local(end, tz).astimezone(UTC)
-    hourly = await _hourly(ctx, meter_id, start_utc, end_utc)
-    return aggregate(hourly, start, end, tz, periodtype)  # type: ignore[arg-type]
+    """The report's buckets: from stored daily/monthly/yearly rollups where they are current and tile the
+    range, otherwise summed from the stored quarters (always exact, in any zone)."""
+    ranges = bucket_ranges(start, end, tz, periodtype)  # type: ignore[arg-type]
+    buckets = [Bucket(start=local, value=0.0, quality=Quality.GOOD, hours=0) for local, _, _ in ranges]
+    from_quarters = set(range(len(ranges)))
+    rollup = rollup_for(start, end, periodtype)
+    if rollup is not None and ranges:
+        stored = await _stored(ctx, meter_id, rollup, start.date(), end.date())
+        if stored is not None and stored["timezone"] == tz.key and not stored["rebuilding"]:
+            starts = [utc_from for _, utc_from, _ in ranges]
+
+            def index_of(day: str) -> int:
+                instant = resolve_local(datetime.fromisoformat(day), tz).astimezone(UTC)
+                return bisect_right(starts, instant) - 1
+
+            from_quarters = {index_of(day) for day in stored["stale"]}
+            for row in stored["rows"]:
+                index = index_of(row["date"])
+                if 0 <= index < len(buckets) and index not in from_quarters:
+                    _fill(buckets[index], row["energy"], row["quality"], row["quarters"])
+    wanted = sorted(i for i in from_quarters if 0 <= i < len(ranges))
+    if wanted:
+        sums = await _sums(ctx, meter_id, [(ranges[i][1], ranges[i][2]) for i in wanted])
+        for index, found in zip(wanted, sums, strict=True):
+            _fill(buckets[index], found["energy"], found["quality"], found["quarters"])
+    for bucket in buckets:
+        if not bucket.hours:
+            bucket.value, bucket.quality = 0.0, Quality.MISSING
+    return buckets
 
 
 @router.get("/reports/meterenergy")
