@@ -226,7 +226,7 @@ ObjectType = Literal["ENERGY_VALUE", "ANALOG_VALUE", "DIGITAL_VALUE", "BINARY_VA
 
 class DataSourceIn(Body):
     name: Name
-    gateway_id: int = Field(ge=1, le=2**63 - 1)
+    gateway_id: int = Field(ge=1)
     protocol: Protocol
     connection: Any = None
     description: Description = None
