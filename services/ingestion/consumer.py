@@ -8,6 +8,7 @@ between the two either rolls both back (the redelivered message is processed aga
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -143,13 +144,16 @@ class Ingestion:
         return errors
 
     async def _announce_seen(self, seen_at: dict[str, int], status: str | None = None) -> None:
+        """Tell the registry which gateways were heard from (each at most every SEEN_EVERY_S), all at once:
+        with a thousand gateways in one batch, waiting for each acknowledgement in turn would stall ingestion."""
         now = time.monotonic()
+        notices = []
         for gateway_uuid, last_ms in seen_at.items():
             if status is None and now - self._seen_sent.get(gateway_uuid, 0.0) < SEEN_EVERY_S:
                 continue
             self._seen_sent[gateway_uuid] = now
-            notice = GatewaySeen(gateway_uuid=gateway_uuid, last_seen_ms=last_ms, status=status)
-            await self.ctx.mqtt.publish(topics.GATEWAYS_SEEN, notice)
+            notices.append(GatewaySeen(gateway_uuid=gateway_uuid, last_seen_ms=last_ms, status=status))
+        await asyncio.gather(*(self.ctx.mqtt.publish(topics.GATEWAYS_SEEN, notice) for notice in notices))
 
     async def on_status(self, deliveries: list[Delivery[GatewayStatus]]) -> None:
         """Online/offline from the retained status topic (the controller's last will says offline)."""
