@@ -45,6 +45,19 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+async def copy_name(db: Queryable, table: str, name: str) -> str:
+    """The name a clone gets: `<name> (copy)`, numbered `(copy) 2`, `(copy) 3`... when that is taken."""
+    stem = f"{name} (copy)"
+    taken = {
+        r["name"]
+        for r in await db.fetch(f"SELECT name FROM {table} WHERE name LIKE $1", f"{escape_like(stem)}%")
+    }
+    candidate, n = stem, 2
+    while candidate in taken:
+        candidate, n = f"{stem} {n}", n + 1
+    return candidate
+
+
 async def fetch_page(
     db: Queryable, response: Response, select_sql: str, alias: str, page: Page
 ) -> list[asyncpg.Record]:

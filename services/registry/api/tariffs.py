@@ -27,7 +27,7 @@ from services.registry.api.common import (
     Envelope,
     Name,
     Page,
-    escape_like,
+    copy_name,
     fetch_or_404,
     fetch_page,
     page_params,
@@ -451,14 +451,7 @@ async def clone_tariff(
     blocks = await ctx.db.fetch(
         "SELECT * FROM tariff_blocks WHERE tariff_id = $1 ORDER BY ordinal", tariff_id
     )
-    stem = f"{row['name']} (copy)"
-    taken = {
-        r["name"]
-        for r in await ctx.db.fetch("SELECT name FROM tariffs WHERE name LIKE $1", f"{escape_like(stem)}%")
-    }
-    name, n = stem, 2
-    while name in taken:
-        name, n = f"{stem} {n}", n + 1
+    name = await copy_name(ctx.db, "tariffs", row["name"])
     copy = _Checked(
         name, row["energy_category_id"], row["tariff_type"], row["unit_of_price"], row["valid_from"],
         row["valid_through"], row["description"],

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from libs.db import Queryable
 from libs.service import ProblemError, ServiceContext, bad_request, get_context
 from services.registry.api import acquisition, metering
-from services.registry.api.common import Body, escape_like, publish_change
+from services.registry.api.common import Body, copy_name, publish_change
 from services.registry.resources.framework import ImportBody
 
 
@@ -76,18 +76,6 @@ async def _resolve(db: Queryable, spec: _Transfer, exported: dict[str, Any], dat
         data[ref.field] = found
 
 
-async def _copy_name(db: Queryable, table: str, name: str) -> str:
-    stem = f"{name} (copy)"
-    taken = {
-        r["name"]
-        for r in await db.fetch(f"SELECT name FROM {table} WHERE name LIKE $1", escape_like(stem) + "%")
-    }
-    candidate, n = stem, 2
-    while candidate in taken:
-        candidate, n = f"{stem} {n}", n + 1
-    return candidate
-
-
 def _validated(spec: _Transfer, data: dict[str, Any]) -> BaseModel:
     try:
         return spec.model.model_validate(data)
@@ -135,7 +123,7 @@ def _routes(router: APIRouter, spec: _Transfer) -> None:
         exported = await spec.get(item_id, ctx)
         data = _body_from_export(spec, exported)
         await _resolve(ctx.db, spec, exported, data)
-        data["name"] = await _copy_name(ctx.db, spec.table, exported["name"])
+        data["name"] = await copy_name(ctx.db, spec.table, exported["name"])
         new_id = await spec.write(ctx, _validated(spec, data), None)
         response.headers["Location"] = f"{base}/{new_id}"
         await publish_change(ctx, spec.label.replace(" ", "_"), "created", new_id)
@@ -173,7 +161,7 @@ def _gateway_routes(router: APIRouter) -> None:
     ) -> acquisition.GatewayCreated:
         original = await acquisition.get_gateway(gateway_id, ctx)
         return await acquisition.new_gateway(
-            ctx, await _copy_name(ctx.db, "gateways", original["name"]), original["description"]
+            ctx, await copy_name(ctx.db, "gateways", original["name"]), original["description"]
         )
 
 

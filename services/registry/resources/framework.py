@@ -23,7 +23,7 @@ from libs.db import Queryable
 from libs.service import ProblemError, ServiceContext, bad_request, get_context, not_found
 from services.registry.api.common import (
     Page,
-    escape_like,
+    copy_name,
     fetch_page,
     page_params,
     parse_json_field,
@@ -346,17 +346,7 @@ def resource_router(resource: Resource, bindings: Sequence[Binding] = ()) -> API
             """A copy under a new uuid and a name with `(copy)` (numbered when taken)."""
             original = await fetch_one(ctx.db, resource, item_id)
             data = _import_data(resource, original)
-            stem = f"{original['name']} (copy)"
-            taken = {
-                r["name"]
-                for r in await ctx.db.fetch(
-                    f"SELECT name FROM {resource.table} WHERE name LIKE $1", f"{escape_like(stem)}%"
-                )
-            }
-            name, n = stem, 2
-            while name in taken:
-                name, n = f"{stem} {n}", n + 1
-            data["name"] = name
+            data["name"] = await copy_name(ctx.db, resource.table, original["name"])
             new_id = await write(ctx, resource, data, None)
             response.headers["Location"] = f"{base}/{new_id}"
             await publish_change(ctx, resource.label, "created", new_id)
