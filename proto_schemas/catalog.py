@@ -20,6 +20,7 @@ from proto_schemas.command import Command, CommandAck
 from proto_schemas.control import ControlAck, ControlState, ScheduleAck, ScheduleState
 from proto_schemas.deadletter import DeadLetter
 from proto_schemas.health import Health
+from proto_schemas.onboarding import ProviderLinkChanged
 from proto_schemas.pipeline import EnergyIntervalBatch, RawReadingBatch
 from proto_schemas.registry import DataSourceStatus, GatewaySeen, RegistryChange
 from proto_schemas.telemetry import GatewayStatus, Telemetry
@@ -173,6 +174,13 @@ CATALOG: list[Entry] = [
         "Every write and control call through the gateway: who, what, when, from where, outcome",
     ),
     Entry(
+        ProviderLinkChanged,
+        topics.ONBOARDING_EVENTS,
+        (),
+        "internal",
+        "An external signal provider's state for an installation changed, for the command service",
+    ),
+    Entry(
         DeadLetter,
         topics.DEAD_LETTER_ALL,
         ("service",),
@@ -182,9 +190,9 @@ CATALOG: list[Entry] = [
 ]
 
 # Topics in topics.py without a message model yet, hence without a catalog entry (and no AsyncAPI channel):
-# command requests and onboarding events are planned and their payloads are not specified. Add the model and
-# an entry above, and remove the topic here, when they are.
-UNMODELLED_TOPICS: frozenset[str] = frozenset({topics.COMMAND_REQUESTS, topics.ONBOARDING_EVENTS})
+# command requests are planned and their payload is not specified. Add the model and an entry above, and
+# remove the topic here, when it is.
+UNMODELLED_TOPICS: frozenset[str] = frozenset({topics.COMMAND_REQUESTS})
 
 
 def _check(catalog: list[Entry]) -> None:

@@ -152,6 +152,13 @@ EXAMPLES: dict[str, Any] = {
         "last_good_ms": 1795439970000,
         "reason": "timeout after 3 s",
     },
+    "internal.onboarding.events": {
+        "provider_id": 3,
+        "installation_id": 41,
+        "state": "active",
+        "device_groups": ["battery", "ev"],
+        "changed_ms": 1795440000000,
+    },
     "internal.audit": {
         "event_key": "3f6c2b1e9a0d4c5b8e7f6a5b4c3d2e1f",
         "at": "2026-11-22T10:00:00Z",

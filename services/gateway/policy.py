@@ -71,6 +71,13 @@ RULES: dict[str, Rule] = {
     "commands": Rule(STAFF, STEERING),
     "commandruns": Rule(STAFF, ()),
     "providers": Rule(STAFF, ADMINS),
+    # ownership: providers issue codes; users activate, claim and share what they own (onboarding checks who)
+    "activationcodes": Rule(ADMINS, ADMINS),
+    "devices": Rule(EVERYONE, EVERYONE),
+    "licenses": Rule(EVERYONE, EVERYONE),
+    # the Data API: administrators keep the account; calls are read-only and narrowed by the key's scope/package
+    "dataapi": Rule(ADMINS, ADMINS),
+    "data": Rule(EVERYONE, ()),
     # identity
     "users": Rule(ADMINS, ADMINS),
     "privileges": Rule(ADMINS, ADMINS),
@@ -84,6 +91,8 @@ RULES: dict[str, Rule] = {
 SUBRULES: dict[tuple[str, str], Rule] = {
     ("instances", "policies"): Rule(EVERYONE, (*STEERING, "owner", "guest")),
     ("instances", "schedules"): Rule(EVERYONE, (*STEERING, "owner", "guest")),
+    # external signal providers of an installation: its owner adds and removes them, as do administrators
+    ("instances", "providers"): Rule(EVERYONE, (*ADMINS, "owner")),
 }
 
 # Routes every logged-in user may call whatever the group says (about themselves only).

@@ -46,6 +46,12 @@ ROUTES: dict[str, str] = {
     "commandruns": "command",
     # onboarding and ownership
     "providers": "onboarding",
+    "activationcodes": "onboarding",
+    "devices": "onboarding",
+    "licenses": "onboarding",
+    # the Data API: the account lives with identity, the calls with reporting
+    "dataapi": "registry",
+    "data": "reporting",
 }
 
 # Paths anyone may call without credentials.
@@ -56,6 +62,7 @@ PUBLIC = {("PUT", "users/login")}
 SUBROUTES: dict[tuple[str, str], str] = {
     ("instances", "policies"): "command",
     ("instances", "schedules"): "command",
+    ("instances", "providers"): "onboarding",
 }
 
 

@@ -59,6 +59,13 @@ ACCESS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "commands": (_STAFF, _STEERING),
     "commandruns": (_STAFF, _NOBODY),
     "providers": (_STAFF, _ADMINS),
+    # ownership (services/onboarding): codes are the provider's; devices and licenses are every user's own
+    "activationcodes": (_ADMINS, _ADMINS),
+    "devices": (_EVERYONE, _EVERYONE),
+    "licenses": (_EVERYONE, _EVERYONE),
+    # the Data API: the account is an administrator's; the calls are read-only for any holder
+    "dataapi": (_ADMINS, _ADMINS),
+    "data": (_EVERYONE, _NOBODY),
     # the fleet view (services/ingestion/api.py): controllers' health, read-only, for whoever sees gateways
     "fleet": (_STAFF, _NOBODY),
     # identity
@@ -76,6 +83,7 @@ ACCESS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 SUB_ACCESS: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("instances", "policies"): (_EVERYONE, _STEERING | {"owner", "guest"}),
     ("instances", "schedules"): (_EVERYONE, _STEERING | {"owner", "guest"}),
+    ("instances", "providers"): (_EVERYONE, _ADMINS | {"owner"}),
 }
 
 PUBLIC = frozenset({("PUT", "users/login")})
