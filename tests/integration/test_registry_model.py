@@ -226,7 +226,9 @@ async def test_virtual_meter_expressions_are_validated_on_save(platform: Platfor
     assert loop.status_code == 400 and "depend on themselves" in loop.json()["detail"]
 
 
-async def test_a_binding_reaches_aggregation_within_a_second(platform: Platform) -> None:
+async def test_a_binding_reaches_aggregation_within_seconds_not_at_the_next_timed_sync(
+    platform: Platform,
+) -> None:
     site = await build_site(platform.api, unique("fast"), energy_points=("a", "b"))
     started = time.monotonic()
     await platform.api.post(
@@ -240,7 +242,8 @@ async def test_a_binding_reaches_aggregation_within_a_second(platform: Platform)
         ))  # fmt: skip
 
     while not await bound():
-        assert time.monotonic() - started < 1.0, "aggregation did not see the new binding within a second"
+        # The timed re-sync runs every 60 s; 5 s proves the change event carried it (with room for a busy host).
+        assert time.monotonic() - started < 5.0, "aggregation did not see the new binding within 5 s"
         await asyncio.sleep(0.02)
 
 
