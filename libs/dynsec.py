@@ -37,12 +37,24 @@ def gateway_role(gateway_uuid: str) -> str:
 
 
 def gateway_acls(gateway_uuid: str, topic_prefix: str = "") -> list[dict[str, Any]]:
-    """Publish, receive and subscribe within the gateway's own subtree, nothing else."""
+    """Publish, receive and subscribe within the gateway's own subtree, nothing else; and publish there only
+    what a controller sends up."""
     subtree = f"{topic_prefix}{topics.gateway_topic(gateway_uuid, '#')}"
-    return [
-        {"acltype": kind, "topic": subtree, "priority": 0, "allow": True}
-        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+    # What the platform sends down (commands, the retained control and schedule states) the gateway may
+    # read but never publish itself: a controller clearing its own retained `control` would lose what applies.
+    down = [
+        f"{topic_prefix}{topics.gateway_topic(gateway_uuid, leaf)}"
+        for leaf in ("cmd/#", "control", "schedule")
     ]
+    return [
+        {"acltype": "publishClientSend", "topic": f"{topic_prefix}{topics.gateway_topic(gateway_uuid, 'cmd/ack')}",
+         "priority": 2, "allow": True},
+        *({"acltype": "publishClientSend", "topic": topic, "priority": 1, "allow": False} for topic in down),
+        *(
+            {"acltype": kind, "topic": subtree, "priority": 0, "allow": True}
+            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+        ),
+    ]  # fmt: skip
 
 
 def platform_acls() -> list[dict[str, Any]]:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 INTERNAL_TOKEN_HEADER = "X-Gridfleet-Internal"
 PRINCIPAL_HEADER = "X-Gridfleet-Principal"
+# The client address the gateway saw (it drops any such header a client sends).
+CLIENT_ADDRESS_HEADER = "X-Gridfleet-Client-Address"
 CORRELATION_HEADER = "X-Correlation-ID"
 
 # The principal header of the request being served, forwarded on calls to sibling services.
@@ -113,6 +115,8 @@ class Principal:
     role: str = "platform_admin"
     via_key: bool = False  # authenticated by an API key (read-only)
     expires_at: float | None = None  # epoch seconds when the credential stops working
+    data_scope: str | None = None  # a Data API key: "user" or "portal" (services/registry/api/dataapi.py)
+    data_package: str | None = None  # a Data API key: "basic" or "advanced"
 
     @property
     def scope(self) -> Scope:

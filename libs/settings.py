@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(50.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
     login_rate_per_min: float = Field(30.0, gt=0)
+    # Provider webhooks (onboarding): retry backoff from base doubling to cap, for the retry window; timeout.
+    webhook_backoff_base_s: float = Field(1.0, gt=0)
+    webhook_backoff_cap_s: float = Field(3600.0, gt=0)
+    webhook_retry_window_s: float = Field(72 * 3600.0, gt=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    provider_healthcheck_interval_s: float = Field(300.0, gt=0)
+    # The broker address handed to providers in onboarding (default: MQTT_URL without its credentials).
+    provider_mqtt_url: str | None = None
+    provider_fallback_timeout_s: int = Field(900, ge=1)
 
     registry_url: str | None = None
     ingestion_url: str | None = None

@@ -19,7 +19,7 @@ class AuditEvent(Message):
     )
     at: Timestamp
     actor: str = Field(max_length=255, description="User name, API key prefix, or the name tried at login")
-    actor_kind: Literal["user", "api_key", "anonymous"]
+    actor_kind: Literal["user", "api_key", "anonymous", "system"]
     provider_id: int | None = None
     action: str = Field(max_length=16, description="HTTP method or control verb")
     object: str = Field(max_length=1024, description="Path below /api/v1")

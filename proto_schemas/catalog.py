@@ -22,6 +22,7 @@ from proto_schemas.deadletter import DeadLetter
 from proto_schemas.health import Health
 from proto_schemas.onboarding import ProviderLinkChanged
 from proto_schemas.pipeline import EnergyIntervalBatch, RawReadingBatch
+from proto_schemas.provider_control import LiveRequest, ProviderAck, ProviderState, ScheduleRequest
 from proto_schemas.registry import DataSourceStatus, GatewaySeen, RegistryChange
 from proto_schemas.telemetry import GatewayStatus, Telemetry
 
@@ -31,6 +32,8 @@ Direction = Literal["publish", "subscribe", "internal"]
 PARAMETERS: dict[str, str] = {
     "gateway_uuid": "The gateway's uuid, exactly as the registry gives it",
     "service": "The gridfleet service that could not accept the message (ingestion, normalisation, …)",
+    "provider_id": "The external signal provider's id",
+    "installation_id": "The installation's id, onboarded to that provider",
 }
 
 
@@ -56,11 +59,16 @@ class Entry:
     @property
     def channel_id(self) -> str:
         """A stable id: `device.cmd.ack`, `internal.readings.raw`, `internal.deadletter`…"""
-        for root, prefix in ((topics.DEVICE_ROOT, "device"), (topics.INTERNAL_ROOT, "internal")):
+        roots = (
+            (topics.DEVICE_ROOT, "device"),
+            (topics.INTERNAL_ROOT, "internal"),
+            (topics.EXTERNAL_ROOT, "external"),
+        )
+        for root, prefix in roots:
             if self.topic.startswith(root + "/"):
                 rest = [level for level in self.topic[len(root) + 1 :].split("/") if level != "+"]
                 return ".".join([prefix, *rest])
-        raise ValueError(f"topic outside the device and internal trees: {self.topic}")
+        raise ValueError(f"topic outside the device, internal and external trees: {self.topic}")
 
 
 def _device(leaf: str) -> str:
@@ -129,6 +137,36 @@ CATALOG: list[Entry] = [
         ("gateway_uuid",),
         "subscribe",
         "A schedule version stored or rejected",
+    ),
+    # External signal providers (CONTRACTS.md §2.2): `subscribe` = the provider sends it.
+    Entry(
+        LiveRequest,
+        topics.PROVIDER_LIVE_ALL,
+        ("provider_id", "installation_id"),
+        "subscribe",
+        "A provider's live setpoint for one device group, or its removal",
+    ),
+    Entry(
+        ScheduleRequest,
+        topics.PROVIDER_SCHEDULE_ALL,
+        ("provider_id", "installation_id"),
+        "subscribe",
+        "A provider's plan of intervals for one device group, or its removal",
+    ),
+    Entry(
+        ProviderAck,
+        topics.provider_topic("+", "+", "ack"),
+        ("provider_id", "installation_id"),
+        "publish",
+        "What became of a provider's request: accepted or rejected, then applied, expired or removed",
+    ),
+    Entry(
+        ProviderState,
+        topics.provider_topic("+", "+", "state"),
+        ("provider_id", "installation_id"),
+        "publish",
+        "The installation's state and the policies in force, every 10 s and on change",
+        retained=True,
     ),
     # Internal bus (docs/architecture.md).
     Entry(

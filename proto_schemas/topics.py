@@ -31,6 +31,25 @@ def gateway_of(topic: str) -> str:
     return parts[3]
 
 
+# External signal providers (CONTRACTS.md §2.2): `gf/v1/ext/{provider_id}/inst/{installation_id}/{leaf}`.
+EXTERNAL_ROOT = "gf/v1/ext"
+PROVIDER_LIVE_ALL = f"{EXTERNAL_ROOT}/+/inst/+/live"
+PROVIDER_SCHEDULE_ALL = f"{EXTERNAL_ROOT}/+/inst/+/schedule"
+
+
+def provider_topic(provider_id: int | str, installation_id: int | str, leaf: str) -> str:
+    """`gf/v1/ext/{provider_id}/inst/{installation_id}/{leaf}` for leaf in live, schedule, ack, state."""
+    return f"{EXTERNAL_ROOT}/{provider_id}/inst/{installation_id}/{leaf}"
+
+
+def provider_of(topic: str) -> tuple[int, int]:
+    """(provider id, installation id) of a provider topic; ValueError when it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 7 or "/".join(parts[:3]) != EXTERNAL_ROOT or parts[4] != "inst":
+        raise ValueError(f"not a provider topic: {topic}")
+    return int(parts[3]), int(parts[5])
+
+
 # Internal pipeline.
 READINGS_RAW = f"{INTERNAL_ROOT}/readings/raw"
 ENERGY_INTERVALS = f"{INTERNAL_ROOT}/energy/intervals"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -10,9 +11,13 @@ from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 
 from libs.service import ServiceContext, bad_request, create_service_app, get_context
+from services.aggregation import subject_api
 from services.aggregation.consumer import REBUILD_METER, Aggregation
 from services.aggregation.localtime import local_date, local_midnight, month_start, year_start, zone
+from services.aggregation.model import Model
 from services.aggregation.rollups import Rollups
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 router = APIRouter(prefix="/internal", include_in_schema=False)
@@ -240,6 +245,8 @@ async def sync_bindings(ctx: ServiceContext = Depends(get_context)) -> dict[str,
     aggregation: Aggregation = ctx.state["aggregation"]
     await aggregation.sync_bindings()
     await aggregation.sync_zones()
+    model: Model = ctx.state["model"]
+    await model.sync()
     return {"status": "synced"}
 
 
@@ -256,12 +263,23 @@ async def run_rollups(ctx: ServiceContext = Depends(get_context)) -> dict[str, i
 async def setup(ctx: ServiceContext) -> None:
     aggregation = Aggregation(ctx)
     await aggregation.sync_when_ready()
+    model = Model(ctx)
+    try:
+        await model.sync()
+    except Exception:
+        log.warning("aggregation model not copied yet; retrying soon", exc_info=True)
+        model.stale.set()
+    aggregation.also_stale.append(model.stale)
     aggregation.register()
+    ctx.background(model.refresher, "aggregation-model")
     ctx.state["aggregation"] = aggregation
+    ctx.state["model"] = model
     rollups = Rollups(ctx)
     rollups.register()
     ctx.state["rollups"] = rollups
 
 
 def create_app() -> FastAPI:
-    return create_service_app("aggregation", routers=[router], migrations=MIGRATIONS, setup=setup)
+    return create_service_app(
+        "aggregation", routers=[router, subject_api.router], migrations=MIGRATIONS, setup=setup
+    )

@@ -3,7 +3,10 @@
 Each batch of intervals is split into UTC quarters per point (services/aggregation/hourly.py) and written to a
 ledger keyed by (batch, point, quarter). Only ledger rows that are new add to `meter_energy_quarter`, in the same
 statement, so a redelivered batch (alone, twice in one handler call, or regrouped with others) changes nothing
-and a late correction simply adds its (possibly negative) contribution to the quarters it touches. The same
+and a late correction simply adds its (possibly negative) contribution to the quarters it touches. A quality
+ledger keyed by (batch, point, quarter, quality) counts the intervals each batch added (+1) and withdrew (-1);
+after a batch that withdrew intervals, the quality of their quarters is recomputed from the intervals still in
+force, so an estimated quarter whose gap was later filled by real readings becomes good. The same
 statement marks the quarters it changed in `rollup_pending`; the rollup task (services/aggregation/rollups.py)
 then recomputes exactly the local days, months and years, and the virtual meter quarters, they feed.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +38,7 @@ from proto_schemas import topics
 from proto_schemas.pipeline import EnergyIntervalBatch
 from proto_schemas.quality import Quality
 from proto_schemas.registry import RegistryChange
-from services.aggregation.hourly import quarter_contributions
+from services.aggregation.hourly import quality_counts, quarter_contributions
 from services.aggregation.offline import spread_periods
 
 log = logging.getLogger(__name__)
@@ -58,12 +62,50 @@ WITH fresh AS (
 INSERT INTO rollup_pending (meter_id, quarter) SELECT meter_id, quarter FROM changed
 """
 
+# The quality ledger: net intervals per (batch, point, quarter, quality); written by every batch.
+_APPLY_QUALITY = """
+INSERT INTO quality_ledger_quarter (batch_key, point_id, quarter, quality, n)
+SELECT b, p, to_timestamp(q / 1000.0), c, n
+FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::smallint[], $5::int[]) AS r(b, p, q, c, n)
+ON CONFLICT DO NOTHING
+"""
+
+# After a batch that withdrew intervals: the quality of the quarters they covered, from the contributions
+# still in force (worst quality with a positive net count), so a correction can make a quarter better.
+_REQUALIFY = """
+WITH t AS (
+    SELECT DISTINCT mp.meter_id, to_timestamp(r.q / 1000.0) AS quarter
+    FROM unnest($1::int[], $2::bigint[]) AS r(p, q) JOIN meter_points mp ON mp.point_id = r.p
+), live AS (
+    SELECT t.meter_id, t.quarter, max(g.quality) AS quality
+    FROM t JOIN meter_points mp ON mp.meter_id = t.meter_id
+    JOIN LATERAL (
+        SELECT l.quality FROM quality_ledger_quarter l WHERE l.point_id = mp.point_id AND l.quarter = t.quarter
+        GROUP BY l.quality HAVING sum(l.n) > 0
+    ) g ON true
+    GROUP BY t.meter_id, t.quarter
+), fixed AS (
+    UPDATE meter_energy_quarter m SET quality = live.quality, updated_at = now()
+    FROM live WHERE m.meter_id = live.meter_id AND m.quarter = live.quarter AND m.quality <> live.quality
+    RETURNING m.meter_id, m.quarter
+)
+INSERT INTO rollup_pending (meter_id, quarter) SELECT meter_id, quarter FROM fixed
+"""
+
 _REBUILD_METER = """
-WITH gone AS (DELETE FROM meter_energy_quarter WHERE meter_id = $1)
+WITH gone AS (DELETE FROM meter_energy_quarter WHERE meter_id = $1), energy AS (
+    SELECT l.quarter, sum(l.energy) AS energy
+    FROM energy_ledger_quarter l JOIN meter_points mp ON mp.point_id = l.point_id AND mp.meter_id = $1
+    GROUP BY l.quarter
+), live AS (
+    SELECT quarter, max(quality) AS quality FROM (
+        SELECT l.quarter, l.quality
+        FROM quality_ledger_quarter l JOIN meter_points mp ON mp.point_id = l.point_id AND mp.meter_id = $1
+        GROUP BY l.point_id, l.quarter, l.quality HAVING sum(l.n) > 0
+    ) AS q GROUP BY quarter
+)
 INSERT INTO meter_energy_quarter (meter_id, quarter, energy, quality)
-SELECT $1, l.quarter, sum(l.energy), max(l.quality)
-FROM energy_ledger_quarter l JOIN meter_points mp ON mp.point_id = l.point_id AND mp.meter_id = $1
-GROUP BY l.quarter
+SELECT $1, e.quarter, e.energy, coalesce(g.quality, 0) FROM energy e LEFT JOIN live g USING (quarter)
 """
 
 _MARK_REBUILD = "INSERT INTO rebuild_pending (kind, source_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
@@ -97,6 +139,9 @@ class Aggregation:
         self._virtual_stale = asyncio.Event()
         self._offline_stale = asyncio.Event()
         self._unavailable: set[str] = set()  # registry routes that answered 404 (logged once)
+        self.also_stale: list[
+            asyncio.Event
+        ] = []  # set on every registry change (services/aggregation/model.py)
 
     def register(self) -> None:
         self.ctx.mqtt.subscribe(topics.ENERGY_INTERVALS, EnergyIntervalBatch, self.on_intervals, batch_max=50)
@@ -128,9 +173,19 @@ class Aggregation:
         quarters: list[int] = []
         energy: list[float] = []
         quality: list[int] = []
+        q_columns: tuple[list[int], list[int], list[int], list[int], list[int]] = ([], [], [], [], [])
+        withdrawn: set[tuple[int, int]] = set()
         for delivery in deliveries:
             batch = delivery.model
             key = batch_key(batch.batch_id)
+            counts = quality_counts(
+                batch.point_ids, batch.start_ms, batch.end_ms, batch.energy, batch.quality
+            )
+            for (point_id, quarter, code), n in counts.items():
+                for column, item in zip(q_columns, (key, point_id, quarter, code, n), strict=True):
+                    column.append(item)
+            if any(math.copysign(1.0, part) < 0 for part in batch.energy):
+                withdrawn.update((p, q) for p, q, _ in counts)
             totals = quarter_contributions(
                 batch.point_ids, batch.start_ms, batch.end_ms, batch.energy, batch.quality
             )
@@ -146,6 +201,10 @@ class Aggregation:
         async with self.ctx.db.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", _LOCK_KEY)
             await conn.execute(_APPLY, keys, point_ids, quarters, energy, quality)
+            await conn.execute(_APPLY_QUALITY, *q_columns)
+            if withdrawn:
+                ordered = sorted(withdrawn)
+                await conn.execute(_REQUALIFY, [p for p, _ in ordered], [q for _, q in ordered])
 
     async def on_registry_change(self, deliveries: list[Delivery[RegistryChange]]) -> None:
         entities = {d.model.entity for d in deliveries}
@@ -157,6 +216,8 @@ class Aggregation:
             self._virtual_stale.set()
         if entities & {"offline_meter_file", "offline meter", "offline_meter"}:
             self._offline_stale.set()
+        for stale in self.also_stale:
+            stale.set()  # the cost and subject model diffs itself against every change
 
     # --- bindings -------------------------------------------------------------------------------------------
 

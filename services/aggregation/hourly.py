@@ -11,6 +11,7 @@ Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from proto_schemas.quality import Quality
@@ -116,3 +117,30 @@ def bucket_contributions(
             else:
                 totals[key] = (known[0] + part, max(known[1], code))
     return totals
+
+
+def quality_counts(
+    point_ids: Sequence[int],
+    start_ms: Sequence[int],
+    end_ms: Sequence[int],
+    energy: Sequence[float],
+    quality: Sequence[int],
+    *,
+    bucket_ms: int = QUARTER_MS,
+) -> dict[tuple[int, int, int], int]:
+    """Net intervals per (point, bucket, quality): +1 for each interval added, -1 for each one withdrawn.
+
+    Normalisation withdraws an interval a late reading split by sending it again with its energy negated
+    (services/normalisation/energy.py), so the sign bit says which is which, even for an interval of zero
+    energy (sent back as -0.0). A bucket's quality is then the worst quality whose net count is positive:
+    an estimated interval withdrawn and replaced by good ones leaves the bucket good.
+    """
+    counts: dict[tuple[int, int, int], int] = {}
+    for point_id, start, end, value, code in zip(point_ids, start_ms, end_ms, energy, quality, strict=True):
+        sign = -1 if math.copysign(1.0, value) < 0 else 1
+        first = (start // bucket_ms) * bucket_ms
+        last = ((end - 1) // bucket_ms) * bucket_ms if end > start else first
+        for bucket in range(first, last + bucket_ms, bucket_ms):
+            key = (point_id, bucket, code)
+            counts[key] = counts.get(key, 0) + sign
+    return counts

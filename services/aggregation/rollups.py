@@ -1,16 +1,22 @@
-"""The rollup task: daily, monthly and yearly energy per meter in local time, and virtual meter quarters.
+"""The rollup task: daily, monthly and yearly energy and cost per meter in local time, virtual meter quarters,
+cost per quarter, and subject rollups.
 
 Every batch marks the (meter, quarter) pairs it changed in `rollup_pending`; registry changes mark whole
-sources in `rebuild_pending` (services/aggregation/consumer.py). About once a second this task takes the marks
-and, in the same transaction:
+sources in `rebuild_pending` (services/aggregation/consumer.py), sources to price again in `cost_pending` and
+subjects to rebuild in `subject_rebuild_pending` (services/aggregation/model.py). About once a second this
+task takes the marks and, in the same transaction:
 
-1. recomputes exactly the local days those quarters fall in (in the meter's zone, services/aggregation/
-   localtime.py) as sums of the quarters in each day's UTC range, then the months of those days as sums of
-   their days, then the years of those months as sums of their months. A late reading thus touches only its
-   own days, months and years; a meter marked for a rebuild gets every day between its first and last quarter;
-2. recomputes the virtual meters that use a changed source, in dependency order: only the changed quarters,
+1. recomputes the virtual meters that use a changed source, in dependency order: only the changed quarters,
    or everything for a virtual meter that was redefined or uses a rebuilt source (services/aggregation/
-   virtual.py).
+   virtual.py);
+2. prices the changed quarters again, a whole local billing month at a time (services/aggregation/
+   subject_rollups.py, cost.py); quarters whose cost changed count as changed below;
+3. recomputes exactly the local days the changed meter quarters fall in (in the meter's zone, services/
+   aggregation/localtime.py) as sums of the quarters in each day's UTC range, then the months of those days
+   as sums of their days, then the years of those months as sums of their months. A late reading thus
+   touches only its own days, months and years; a meter marked for a rebuild is summed again wholly in one
+   pass over its quarters;
+4. recomputes the subjects (spaces, equipment, tenants, ...) whose members changed, in their own zones.
 
 Taking the marks (DELETE ... RETURNING) and recomputing happen in one transaction: a crash recomputes again,
 and a batch committed after the marks were taken leaves marks of its own for the next round. Only one task
@@ -31,12 +37,12 @@ from libs.service import ServiceContext
 from services.aggregation.consumer import REBUILD_METER, REBUILD_OFFLINE, REBUILD_VIRTUAL
 from services.aggregation.localtime import (
     day_bounds,
-    days,
     local_date,
     month_start,
     next_month,
     zone,
 )
+from services.aggregation.subject_rollups import Changes, compute_costs, merge, subject_rollups
 from services.aggregation.virtual import (
     METER,
     OFFLINE,
@@ -67,29 +73,77 @@ DELETE FROM rollup_pending WHERE ctid = ANY(ARRAY(SELECT ctid FROM rollup_pendin
 RETURNING meter_id, (extract(epoch FROM quarter) * 1000)::bigint AS quarter_ms
 """
 
+# One zone at a time (a constant zone is much cheaper per row than one looked up per row), and the cost
+# join only for meters that have a cost at all.
+_DAYS_FULL = """
+INSERT INTO meter_energy_daily (meter_id, local_date, energy, quality, quarters, cost)
+SELECT q.meter_id, (q.quarter AT TIME ZONE $2)::date, sum(q.energy), max(q.quality), count(*)::int, NULL
+FROM meter_energy_quarter q WHERE q.meter_id = ANY($1::int[])
+GROUP BY 1, 2
+"""
+_DAYS_FULL_COSTED = """
+INSERT INTO meter_energy_daily (meter_id, local_date, energy, quality, quarters, cost)
+SELECT q.meter_id, (q.quarter AT TIME ZONE $2)::date, sum(q.energy), max(q.quality), count(*)::int, sum(c.cost)
+FROM meter_energy_quarter q
+LEFT JOIN source_cost_quarter c ON c.kind = 'meter' AND c.source_id = q.meter_id AND c.quarter = q.quarter
+WHERE q.meter_id = ANY($1::int[])
+GROUP BY 1, 2
+"""
+
+_MONTHS_FULL = """
+INSERT INTO meter_energy_monthly (meter_id, local_month, energy, quality, quarters, cost)
+SELECT meter_id, date_trunc('month', local_date)::date, sum(energy), max(quality), sum(quarters)::int, sum(cost)
+FROM meter_energy_daily WHERE meter_id = ANY($1::int[]) GROUP BY 1, 2
+"""
+
+_YEARS_FULL = """
+INSERT INTO meter_energy_yearly (meter_id, local_year, energy, quality, quarters, cost)
+SELECT meter_id, extract(year FROM local_month)::int, sum(energy), max(quality), sum(quarters)::int, sum(cost)
+FROM meter_energy_monthly WHERE meter_id = ANY($1::int[]) GROUP BY 1, 2
+"""
+
+_CLAIM_COSTS = """
+DELETE FROM cost_pending WHERE (kind, source_id) IN (
+    SELECT kind, source_id FROM cost_pending ORDER BY kind, source_id LIMIT $1
+)
+RETURNING kind, source_id
+"""
+
+_CLAIM_SUBJECTS = """
+DELETE FROM subject_rebuild_pending WHERE (kind, subject_id) IN (
+    SELECT kind, subject_id FROM subject_rebuild_pending ORDER BY kind, subject_id LIMIT $1
+)
+RETURNING kind, subject_id
+"""
+
 _DAYS = """
 WITH d AS (
     SELECT * FROM unnest($1::int[], $2::date[], $3::timestamptz[], $4::timestamptz[]) AS d(meter_id, day, s, e)
 ), sums AS (
-    SELECT d.meter_id, d.day, sum(q.energy) AS energy, max(q.quality) AS quality, count(q.quarter)::int AS n
+    SELECT d.meter_id, d.day, sum(q.energy) AS energy, max(q.quality) AS quality, count(q.quarter)::int AS n,
+           sum(c.cost) AS cost
     FROM d LEFT JOIN meter_energy_quarter q ON q.meter_id = d.meter_id AND q.quarter >= d.s AND q.quarter < d.e
+    LEFT JOIN source_cost_quarter c ON c.kind = 'meter' AND c.source_id = q.meter_id AND c.quarter = q.quarter
+     AND $5  -- false when none of these meters has a cost: the planner then skips the join
     GROUP BY d.meter_id, d.day
 ), gone AS (
     DELETE FROM meter_energy_daily t USING sums
     WHERE t.meter_id = sums.meter_id AND t.local_date = sums.day AND sums.n = 0
 )
-INSERT INTO meter_energy_daily AS t (meter_id, local_date, energy, quality, quarters)
-SELECT meter_id, day, energy, quality, n FROM sums WHERE n > 0
+INSERT INTO meter_energy_daily AS t (meter_id, local_date, energy, quality, quarters, cost)
+SELECT meter_id, day, energy, quality, n, cost FROM sums WHERE n > 0
 ON CONFLICT (meter_id, local_date) DO UPDATE
-SET energy = EXCLUDED.energy, quality = EXCLUDED.quality, quarters = EXCLUDED.quarters, updated_at = now()
-WHERE (t.energy, t.quality, t.quarters) IS DISTINCT FROM (EXCLUDED.energy, EXCLUDED.quality, EXCLUDED.quarters)
+SET energy = EXCLUDED.energy, quality = EXCLUDED.quality, quarters = EXCLUDED.quarters, cost = EXCLUDED.cost,
+    updated_at = now()
+WHERE (t.energy, t.quality, t.quarters, t.cost)
+      IS DISTINCT FROM (EXCLUDED.energy, EXCLUDED.quality, EXCLUDED.quarters, EXCLUDED.cost)
 """
 
 _MONTHS = """
 WITH d AS (
     SELECT * FROM unnest($1::int[], $2::date[], $3::date[]) AS d(meter_id, month, next)
 ), sums AS (
-    SELECT d.meter_id, d.month, sum(t.energy) AS energy, max(t.quality) AS quality,
+    SELECT d.meter_id, d.month, sum(t.energy) AS energy, max(t.quality) AS quality, sum(t.cost) AS cost,
            coalesce(sum(t.quarters), 0)::int AS n, count(t.local_date) AS found
     FROM d LEFT JOIN meter_energy_daily t
       ON t.meter_id = d.meter_id AND t.local_date >= d.month AND t.local_date < d.next
@@ -98,18 +152,20 @@ WITH d AS (
     DELETE FROM meter_energy_monthly t USING sums
     WHERE t.meter_id = sums.meter_id AND t.local_month = sums.month AND sums.found = 0
 )
-INSERT INTO meter_energy_monthly AS t (meter_id, local_month, energy, quality, quarters)
-SELECT meter_id, month, energy, quality, n FROM sums WHERE found > 0
+INSERT INTO meter_energy_monthly AS t (meter_id, local_month, energy, quality, quarters, cost)
+SELECT meter_id, month, energy, quality, n, cost FROM sums WHERE found > 0
 ON CONFLICT (meter_id, local_month) DO UPDATE
-SET energy = EXCLUDED.energy, quality = EXCLUDED.quality, quarters = EXCLUDED.quarters, updated_at = now()
-WHERE (t.energy, t.quality, t.quarters) IS DISTINCT FROM (EXCLUDED.energy, EXCLUDED.quality, EXCLUDED.quarters)
+SET energy = EXCLUDED.energy, quality = EXCLUDED.quality, quarters = EXCLUDED.quarters, cost = EXCLUDED.cost,
+    updated_at = now()
+WHERE (t.energy, t.quality, t.quarters, t.cost)
+      IS DISTINCT FROM (EXCLUDED.energy, EXCLUDED.quality, EXCLUDED.quarters, EXCLUDED.cost)
 """
 
 _YEARS = """
 WITH d AS (
     SELECT * FROM unnest($1::int[], $2::int[]) AS d(meter_id, year)
 ), sums AS (
-    SELECT d.meter_id, d.year, sum(t.energy) AS energy, max(t.quality) AS quality,
+    SELECT d.meter_id, d.year, sum(t.energy) AS energy, max(t.quality) AS quality, sum(t.cost) AS cost,
            coalesce(sum(t.quarters), 0)::int AS n, count(t.local_month) AS found
     FROM d LEFT JOIN meter_energy_monthly t
       ON t.meter_id = d.meter_id AND t.local_month >= make_date(d.year, 1, 1)
@@ -119,11 +175,13 @@ WITH d AS (
     DELETE FROM meter_energy_yearly t USING sums
     WHERE t.meter_id = sums.meter_id AND t.local_year = sums.year AND sums.found = 0
 )
-INSERT INTO meter_energy_yearly AS t (meter_id, local_year, energy, quality, quarters)
-SELECT meter_id, year, energy, quality, n FROM sums WHERE found > 0
+INSERT INTO meter_energy_yearly AS t (meter_id, local_year, energy, quality, quarters, cost)
+SELECT meter_id, year, energy, quality, n, cost FROM sums WHERE found > 0
 ON CONFLICT (meter_id, local_year) DO UPDATE
-SET energy = EXCLUDED.energy, quality = EXCLUDED.quality, quarters = EXCLUDED.quarters, updated_at = now()
-WHERE (t.energy, t.quality, t.quarters) IS DISTINCT FROM (EXCLUDED.energy, EXCLUDED.quality, EXCLUDED.quarters)
+SET energy = EXCLUDED.energy, quality = EXCLUDED.quality, quarters = EXCLUDED.quarters, cost = EXCLUDED.cost,
+    updated_at = now()
+WHERE (t.energy, t.quality, t.quarters, t.cost)
+      IS DISTINCT FROM (EXCLUDED.energy, EXCLUDED.quality, EXCLUDED.quarters, EXCLUDED.cost)
 """
 
 # Where each kind of source keeps its quarters.
@@ -172,16 +230,38 @@ class Rollups:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROLLUP_LOCK)
             rebuilds = await conn.fetch(_CLAIM_REBUILDS, REBUILD_LIMIT)
             claimed = await conn.fetch(_CLAIM, CLAIM_LIMIT)
-            if not rebuilds and not claimed:
+            costs = await conn.fetch(_CLAIM_COSTS, REBUILD_LIMIT)
+            subjects = await conn.fetch(_CLAIM_SUBJECTS, REBUILD_LIMIT)
+            if not rebuilds and not claimed and not costs and not subjects:
                 return False
             rebuilt: set[Source] = {(_REBUILD_KINDS[r["kind"]], r["source_id"]) for r in rebuilds}
             touched: dict[int, set[int]] = defaultdict(set)
             for row in claimed:
                 touched[row["meter_id"]].add(row["quarter_ms"])
             full = {ident for kind, ident in rebuilt if kind == METER}
+            changed: Changes = {(METER, m): set(q) for m, q in touched.items()}
+            merge(changed, {source: None for source in rebuilt})
+            merge(
+                changed,
+                await self._virtual_meters(conn, rebuilt, {(METER, m): q for m, q in touched.items()}),
+            )
+            priced = await compute_costs(conn, changed, {(r["kind"], r["source_id"]) for r in costs})
+            merge(changed, priced)
+            for (kind, ident), quarters in priced.items():
+                if kind != METER or ident in full:
+                    continue
+                if quarters is None:
+                    full.add(ident)
+                else:
+                    touched[ident] |= quarters
             await self._meter_rollups(conn, full, touched)
-            await self._virtual_meters(conn, rebuilt, {(METER, m): q for m, q in touched.items()})
-        return len(claimed) >= CLAIM_LIMIT or len(rebuilds) >= REBUILD_LIMIT
+            await subject_rollups(conn, changed, {(r["kind"], r["subject_id"]) for r in subjects})
+        return (
+            len(claimed) >= CLAIM_LIMIT
+            or len(rebuilds) >= REBUILD_LIMIT
+            or len(costs) >= REBUILD_LIMIT
+            or len(subjects) >= REBUILD_LIMIT
+        )
 
     # --- meters ---------------------------------------------------------------------------------------------
 
@@ -195,19 +275,26 @@ class Rollups:
         zones = {row["meter_id"]: zone(row["timezone"]) for row in rows}
         day_set: set[tuple[int, date]] = set()
         if full:
+            # A whole history: one pass over the meters' quarters, grouped by local date (a quarter belongs
+            # to the day it starts on), then months from days and years from months.
             rebuild = sorted(full)
             for table in ("meter_energy_daily", "meter_energy_monthly", "meter_energy_yearly"):
                 await conn.execute(f"DELETE FROM {table} WHERE meter_id = ANY($1::int[])", rebuild)
-            spans = await conn.fetch(
-                "SELECT meter_id, (extract(epoch FROM min(quarter)) * 1000)::bigint AS first,"
-                " (extract(epoch FROM max(quarter)) * 1000)::bigint AS last"
-                " FROM meter_energy_quarter WHERE meter_id = ANY($1::int[]) GROUP BY meter_id",
-                rebuild,
-            )
-            for span in spans:
-                tz = zones.get(span["meter_id"], zone(None))
-                first, last = local_date(span["first"], tz), local_date(span["last"], tz)
-                day_set.update((span["meter_id"], day) for day in days(first, last))
+            costed = {
+                row["source_id"]
+                for row in await conn.fetch(
+                    "SELECT DISTINCT source_id FROM source_cost_quarter"
+                    " WHERE kind = 'meter' AND source_id = ANY($1::int[])",
+                    rebuild,
+                )
+            }
+            by_zone: dict[tuple[str, bool], list[int]] = defaultdict(list)
+            for meter in rebuild:
+                by_zone[(zones.get(meter, zone(None)).key, meter in costed)].append(meter)
+            for (key, with_cost), group in sorted(by_zone.items()):
+                await conn.execute(_DAYS_FULL_COSTED if with_cost else _DAYS_FULL, group, key)
+            await conn.execute(_MONTHS_FULL, rebuild)
+            await conn.execute(_YEARS_FULL, rebuild)
         for meter, quarters in touched.items():
             if meter in full:
                 continue
@@ -217,12 +304,17 @@ class Rollups:
             return
         ordered = sorted(day_set)
         bounds = [day_bounds(day, zones.get(meter, zone(None))) for meter, day in ordered]
+        priced = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM source_cost_quarter WHERE kind = 'meter' AND source_id = ANY($1::int[]))",
+            sorted({meter for meter, _ in ordered}),
+        )
         await conn.execute(
             _DAYS,
             [meter for meter, _ in ordered],
             [day for _, day in ordered],
             [start for start, _ in bounds],
             [end for _, end in bounds],
+            bool(priced),
         )
         months = sorted({(meter, month_start(day)) for meter, day in ordered})
         await conn.execute(
@@ -238,7 +330,9 @@ class Rollups:
 
     async def _virtual_meters(
         self, conn: PoolConnectionProxy, rebuilt: set[Source], touched: dict[Source, set[int]]
-    ) -> None:
+    ) -> Changes:
+        """Recompute the virtual meters that need it; the quarters that may have changed (None: all)."""
+        out: Changes = {}
         rows = await conn.fetch("SELECT virtual_meter_id, expression FROM virtual_meter_definitions")
         meters: dict[int, VirtualMeter] = {}
         for row in rows:
@@ -261,7 +355,9 @@ class Rollups:
             await conn.execute(
                 "DELETE FROM virtual_meter_energy_quarter WHERE virtual_meter_id = ANY($1::int[])", dropped
             )
+            out.update({(VIRTUAL, ident): None for ident in dropped})
         for ident, quarters in plan(meters, order, rebuilt, touched):
+            out[(VIRTUAL, ident)] = None if quarters is None else set(quarters)
             meter = meters[ident]
             wanted = None if quarters is None else sorted(quarters)
             inputs = {source: await self._series(conn, source, wanted) for source in meter.inputs}
@@ -299,6 +395,7 @@ class Rollups:
                 [results[q][0] for q in ordered],
                 [results[q][1] for q in ordered],
             )
+        return out
 
     async def _series(
         self, conn: PoolConnectionProxy, source: Source, quarters: list[int] | None

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from libs.service import Principal, ProblemError, ServiceContext, get_context, not_found
 from proto_schemas import topics
+from proto_schemas.command import Command
 from services.command import registry, runs, templates
 from services.command.common import Body, Envelope, caller, conflict, invalid, iso, now
 
@@ -347,7 +348,13 @@ async def send_command(
         principal.name if principal else "system", principal.user_uuid if principal else None,
         d.timeout_s or row["timeout_s"], queued + timedelta(seconds=expires_in), queued,
     )  # fmt: skip
-    await runs.publish_run(ctx, run_id, wait_s=2.0)
+    message = Command(
+        command_id=str(run_id),
+        name=row["name"][:255],
+        payload=payload,
+        expires_at=queued + timedelta(seconds=expires_in),
+    )
+    await runs.publish_fresh(ctx, run_id, row["topic"], message, wait_s=2.0)
     return {"id": str(run_id), "status": "QUEUED"}
 
 

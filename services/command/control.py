@@ -156,6 +156,180 @@ def _no_controller(inst: registry.Installation) -> None:
         )
 
 
+# -- what REST and providers (services/command/providers.py) both do ---------------------------------
+#
+# Each runs in one transaction holding the installation's row, first catching it up (expiry, due intervals)
+# and publishing what changed before the commit; when there is nothing to do it rolls back whole.
+
+
+class _NothingToEnd(Exception):
+    pass
+
+
+async def put_policy(
+    ctx: ServiceContext,
+    inst: registry.Installation,
+    group: str,
+    setpoint: dict[str, Any],
+    until: datetime,
+    source: str,
+    priority: int,
+    at: datetime,
+    *,
+    requested_by: str,
+    request_id: str | None = None,
+) -> tuple[uuid.UUID, int]:
+    """Put a checked policy in force and publish the new control state: (policy id, control version).
+    Raises state.Refused (arbitration), aiomqtt.MqttError or TimeoutError (nothing changed)."""
+    async with ctx.db.acquire() as conn, conn.transaction():
+        locked = await state.lock(conn, inst)
+        _, schedules_changed = await state.catch_up(conn, inst.instance_id, at, ctx.settings.replica)
+        policy_id = await state.place_policy(
+            conn, inst.instance_id, group, setpoint, until, source, priority, at,
+            requested_by=requested_by, request_id=request_id,
+        )  # fmt: skip
+        version = await state.publish_control(ctx, conn, locked, at)
+        if schedules_changed:
+            await state.publish_schedules(ctx, conn, locked, at)
+    return policy_id, version
+
+
+async def end_policy(
+    ctx: ServiceContext,
+    inst: registry.Installation,
+    group: str,
+    priority: int,
+    at: datetime,
+    *,
+    requested_by: str,
+    only_source: str | None = None,
+) -> bool:
+    """End the group's policy in force and publish; False when none is (or none of `only_source`)."""
+    try:
+        async with ctx.db.acquire() as conn, conn.transaction():
+            locked = await state.lock(conn, inst)
+            _, schedules_changed = await state.catch_up(conn, inst.instance_id, at, ctx.settings.replica)
+            if only_source is not None:
+                mine = await conn.fetchval(
+                    "SELECT 1 FROM policies WHERE instance_id = $1 AND grp = $2 AND ended_at IS NULL"
+                    " AND source = $3",
+                    inst.instance_id,
+                    group,
+                    only_source,
+                )
+                if mine is None:
+                    raise _NothingToEnd
+            if not await state.remove_policy(conn, inst.instance_id, group, priority, at, requested_by):
+                raise _NothingToEnd
+            await state.publish_control(ctx, conn, locked, at)
+            if schedules_changed:
+                await state.publish_schedules(ctx, conn, locked, at)
+    except _NothingToEnd:
+        return False  # rolled back: what catch_up changed is done again, and published, next time
+    return True
+
+
+async def put_schedule(
+    ctx: ServiceContext,
+    inst: registry.Installation,
+    plan: Schedule,
+    priority: int,
+    at: datetime,
+    *,
+    requested_by: str,
+    request_id: str | None = None,
+    only_own: bool = False,
+) -> tuple[int, bool]:
+    """Store a checked plan (replacing the live one with its id) and publish: (schedule version, replaced).
+    With `only_own`, a live plan of that id from another source is refused rather than replaced."""
+    instance_id = inst.instance_id
+    async with ctx.db.acquire() as conn, conn.transaction():
+        locked = await state.lock(conn, inst)
+        control_changed, _ = await state.catch_up(conn, instance_id, at, ctx.settings.replica)
+        existing = await conn.fetchrow(
+            "SELECT id, source, priority FROM schedules WHERE instance_id = $1 AND schedule_id = $2"
+            " AND ended_at IS NULL FOR UPDATE",
+            instance_id,
+            plan.schedule_id,
+        )
+        if existing is not None and (
+            existing["priority"] > priority or (only_own and existing["source"] != plan.source)
+        ):
+            raise state.Refused(
+                "schedule_id",
+                f"plan {plan.schedule_id!r} was set by {existing['source']}"
+                f" ({PRIORITY_NAMES[existing['priority']]} priority); a {PRIORITY_NAMES[priority]} request"
+                " cannot replace it",
+            )
+        await _check_overlaps(conn, instance_id, plan, existing["id"] if existing else None)
+        if existing is not None:
+            control_changed = (
+                await state.end_schedule(conn, existing["id"], at, "replaced", requested_by)
+                or control_changed
+            )
+        schedule_pk = await conn.fetchval(
+            "INSERT INTO schedules (instance_id, schedule_id, grp, source, priority, requested_by, created_at,"
+            " starts_at, ends_at, request_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
+            instance_id, plan.schedule_id, plan.group, plan.source, priority, requested_by, at,
+            plan.intervals[0].start, plan.intervals[-1].end, request_id,
+        )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO schedule_intervals (schedule_pk, instance_id, seq, start_at, end_at, setpoint)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            [
+                (schedule_pk, instance_id, seq, i.start, i.end, i.setpoint)
+                for seq, i in enumerate(plan.intervals, start=1)
+            ],
+        )
+        # An interval that has begun already is applied at once.
+        control_changed = (
+            await state.dispatch_due(conn, instance_id, at, ctx.settings.replica) or control_changed
+        )
+        if control_changed:
+            await state.publish_control(ctx, conn, locked, at)
+        version = await state.publish_schedules(ctx, conn, locked, at)
+    return version, existing is not None
+
+
+async def end_plan(
+    ctx: ServiceContext,
+    inst: registry.Installation,
+    schedule_id: str,
+    priority: int,
+    at: datetime,
+    *,
+    requested_by: str,
+    only_source: str | None = None,
+) -> bool:
+    """End a live plan and publish; False when there is none (or none of `only_source`)."""
+    instance_id = inst.instance_id
+    try:
+        async with ctx.db.acquire() as conn, conn.transaction():
+            locked = await state.lock(conn, inst)
+            control_changed, _ = await state.catch_up(conn, instance_id, at, ctx.settings.replica)
+            existing = await conn.fetchrow(
+                "SELECT id, source, priority FROM schedules WHERE instance_id = $1 AND schedule_id = $2"
+                " AND ended_at IS NULL FOR UPDATE",
+                instance_id,
+                schedule_id,
+            )
+            if existing is None or (only_source is not None and existing["source"] != only_source):
+                raise _NothingToEnd
+            if existing["priority"] > priority:
+                raise state.Refused(
+                    "schedule_id",
+                    f"plan {schedule_id!r} was set by {existing['source']}"
+                    f" ({PRIORITY_NAMES[existing['priority']]} priority); a {PRIORITY_NAMES[priority]} request"
+                    " cannot remove it",
+                )
+            if await state.end_schedule(conn, existing["id"], at, "removed", requested_by) or control_changed:
+                await state.publish_control(ctx, conn, locked, at)
+            await state.publish_schedules(ctx, conn, locked, at)
+    except _NothingToEnd:
+        return False  # rolled back, as in end_policy
+    return True
+
+
 # -- live policies -----------------------------------------------------------------------------------
 
 
@@ -212,23 +386,9 @@ async def set_policy(
         raise invalid("ttl_s" if d.ttl_s is not None else "valid_until", str(exc)) from exc
     _no_controller(inst)
     try:
-        async with ctx.db.acquire() as conn, conn.transaction():
-            locked = await state.lock(conn, inst)
-            _, schedules_changed = await state.catch_up(conn, instance_id, at, ctx.settings.replica)
-            policy_id = await state.place_policy(
-                conn,
-                instance_id,
-                d.group,
-                d.setpoint,
-                until,
-                source,
-                priority,
-                at,
-                requested_by=who(principal),
-            )
-            version = await state.publish_control(ctx, conn, locked, at)
-            if schedules_changed:
-                await state.publish_schedules(ctx, conn, locked, at)
+        policy_id, version = await put_policy(
+            ctx, inst, d.group, d.setpoint, until, source, priority, at, requested_by=who(principal)
+        )
     except state.Refused as exc:
         raise _refused(exc) from exc
     except (aiomqtt.MqttError, TimeoutError) as exc:
@@ -284,16 +444,8 @@ async def remove_policy(
     _, priority = _steering(principal, inst)
     at = now()
     try:
-        async with ctx.db.acquire() as conn, conn.transaction():
-            locked = await state.lock(conn, inst)
-            _, schedules_changed = await state.catch_up(conn, instance_id, at, ctx.settings.replica)
-            if not await state.remove_policy(conn, instance_id, group, priority, at, who(principal)):
-                raise ProblemError(
-                    404, "Not found", f"installation {instance_id} has no {group} policy in force"
-                )
-            await state.publish_control(ctx, conn, locked, at)
-            if schedules_changed:
-                await state.publish_schedules(ctx, conn, locked, at)
+        if not await end_policy(ctx, inst, group, priority, at, requested_by=who(principal)):
+            raise ProblemError(404, "Not found", f"installation {instance_id} has no {group} policy in force")
     except state.Refused as exc:
         raise _refused(exc) from exc
     except (aiomqtt.MqttError, TimeoutError) as exc:
@@ -439,49 +591,7 @@ async def set_schedule(
     plan = _validated(d, source, inst, at)
     _no_controller(inst)
     try:
-        async with ctx.db.acquire() as conn, conn.transaction():
-            locked = await state.lock(conn, inst)
-            control_changed, _ = await state.catch_up(conn, instance_id, at, ctx.settings.replica)
-            existing = await conn.fetchrow(
-                "SELECT id, source, priority FROM schedules WHERE instance_id = $1 AND schedule_id = $2"
-                " AND ended_at IS NULL FOR UPDATE",
-                instance_id,
-                plan.schedule_id,
-            )
-            if existing is not None and existing["priority"] > priority:
-                raise state.Refused(
-                    "schedule_id",
-                    f"plan {plan.schedule_id!r} was set by {existing['source']}"
-                    f" ({PRIORITY_NAMES[existing['priority']]} priority); a {PRIORITY_NAMES[priority]} request"
-                    " cannot replace it",
-                )
-            await _check_overlaps(conn, instance_id, plan, existing["id"] if existing else None)
-            if existing is not None:
-                control_changed = (
-                    await state.end_schedule(conn, existing["id"], at, "replaced", who(principal))
-                    or control_changed
-                )
-            schedule_pk = await conn.fetchval(
-                "INSERT INTO schedules (instance_id, schedule_id, grp, source, priority, requested_by, created_at,"
-                " starts_at, ends_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING id",
-                instance_id, plan.schedule_id, plan.group, source, priority, who(principal), at,
-                plan.intervals[0].start, plan.intervals[-1].end,
-            )  # fmt: skip
-            await conn.executemany(
-                "INSERT INTO schedule_intervals (schedule_pk, instance_id, seq, start_at, end_at, setpoint)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                [
-                    (schedule_pk, instance_id, seq, i.start, i.end, i.setpoint)
-                    for seq, i in enumerate(plan.intervals, start=1)
-                ],
-            )
-            # An interval that has begun already is applied at once.
-            control_changed = (
-                await state.dispatch_due(conn, instance_id, at, ctx.settings.replica) or control_changed
-            )
-            if control_changed:
-                await state.publish_control(ctx, conn, locked, at)
-            version = await state.publish_schedules(ctx, conn, locked, at)
+        version, replaced = await put_schedule(ctx, inst, plan, priority, at, requested_by=who(principal))
     except state.Refused as exc:
         raise _refused(exc) from exc
     except asyncpg.UniqueViolationError as exc:  # a concurrent request stored the same id first
@@ -493,7 +603,7 @@ async def set_schedule(
         "schedule_id": plan.schedule_id,
         "status": "accepted",
         "source": source,
-        "replaced": existing is not None,
+        "replaced": replaced,
         "version": version,
     }
 
@@ -532,32 +642,10 @@ async def remove_schedule(
     _, priority = _steering(principal, inst)
     at = now()
     try:
-        async with ctx.db.acquire() as conn, conn.transaction():
-            locked = await state.lock(conn, inst)
-            control_changed, _ = await state.catch_up(conn, instance_id, at, ctx.settings.replica)
-            existing = await conn.fetchrow(
-                "SELECT id, source, priority FROM schedules WHERE instance_id = $1 AND schedule_id = $2"
-                " AND ended_at IS NULL FOR UPDATE",
-                instance_id,
-                schedule_id,
+        if not await end_plan(ctx, inst, schedule_id, priority, at, requested_by=who(principal)):
+            raise ProblemError(
+                404, "Not found", f"installation {instance_id} has no live plan {schedule_id!r}"
             )
-            if existing is None:
-                raise ProblemError(
-                    404, "Not found", f"installation {instance_id} has no live plan {schedule_id!r}"
-                )
-            if existing["priority"] > priority:
-                raise state.Refused(
-                    "schedule_id",
-                    f"plan {schedule_id!r} was set by {existing['source']}"
-                    f" ({PRIORITY_NAMES[existing['priority']]} priority); a {PRIORITY_NAMES[priority]} request"
-                    " cannot remove it",
-                )
-            if (
-                await state.end_schedule(conn, existing["id"], at, "removed", who(principal))
-                or control_changed
-            ):
-                await state.publish_control(ctx, conn, locked, at)
-            await state.publish_schedules(ctx, conn, locked, at)
     except state.Refused as exc:
         raise _refused(exc) from exc
     except (aiomqtt.MqttError, TimeoutError) as exc:

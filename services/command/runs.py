@@ -80,6 +80,26 @@ async def publish_run(ctx: ServiceContext, run_id: uuid.UUID, *, wait_s: float =
         return False
 
 
+async def publish_fresh(
+    ctx: ServiceContext, run_id: uuid.UUID, topic: str, message: Command, *, wait_s: float
+) -> bool:
+    """Publish a run just stored by a send, and mark it SENT: the send's fast path, without `publish_run`'s
+    transaction and row lock. The sweeper only takes runs QUEUED for OUTBOX_AFTER_S, so it does not race a
+    fresh one; and should it (a publish slower than that), the controller deduplicates on `command_id`."""
+    try:
+        await ctx.mqtt.publish(topic, message, wait_s=wait_s)
+        await ctx.db.execute(
+            "UPDATE command_runs SET status = CASE WHEN status = 'QUEUED' THEN 'SENT' ELSE status END,"
+            " sent_at = coalesce(sent_at, $2), publish_count = publish_count + 1 WHERE id = $1",
+            run_id,
+            now(),
+        )
+        return True
+    except TRANSIENT_ERRORS as exc:
+        log.warning("command not published yet", extra={"fields": {"run": str(run_id), "error": repr(exc)}})
+        return False
+
+
 def _ack_record(ack: CommandAck) -> dict[str, Any]:
     record: dict[str, Any] = {"status": ack.status}
     if ack.reason is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,7 @@ from proto_schemas.control import (
     ScheduleState,
 )
 from proto_schemas.registry import RegistryChange
-from services.command import registry
+from services.command import bindings, registry
 from services.command.common import PRIORITY_NAMES, iso, now
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 TICK_MAX_S = 0.5
 TICK_MIN_S = 0.02
 PUBLISH_WAIT_S = 5.0
+TICK_WORKERS = 4
 
 
 class Refused(Exception):
@@ -126,6 +128,7 @@ async def place_policy(
     requested_by: str,
     origin: str = "live",
     interval_id: int | None = None,
+    request_id: str | None = None,
 ) -> uuid.UUID:
     """Put a policy in force for the group, replacing one of the same or a lower priority; Refused when one of
     a higher priority is in force."""
@@ -157,9 +160,9 @@ async def place_policy(
     policy_id = uuid.uuid4()
     await conn.execute(
         "INSERT INTO policies (policy_id, instance_id, grp, setpoint, source, priority, origin, interval_id,"
-        " requested_by, created_at, valid_until) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        " requested_by, created_at, valid_until, request_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
         policy_id, instance_id, group, setpoint, source, priority, origin, interval_id, requested_by, at,
-        valid_until,
+        valid_until, request_id,
     )  # fmt: skip
     return policy_id
 
@@ -192,9 +195,24 @@ async def remove_policy(
     return True
 
 
+# Installations whose control state changed in this process, for the providers' `state` (services/command/
+# providers.py); a change rolled back afterwards only costs one needless state message.
+CHANGED: set[int] = set()
+CHANGED_EVENT = asyncio.Event()
+
+
 async def publish_control(ctx: ServiceContext, conn: Any, locked: Locked, at: datetime) -> int:
     """Publish everything in force, retained, to every controller of the installation; returns the version."""
-    version = int(await conn.fetchval("SELECT nextval('control_version')"))
+    CHANGED.add(locked.instance_id)
+    CHANGED_EVENT.set()
+    version = int(
+        await conn.fetchval(
+            "UPDATE installations SET control_version = nextval('control_version'), control_issued_at = $2"
+            " WHERE instance_id = $1 RETURNING control_version",
+            locked.instance_id,
+            at,
+        )
+    )
     rows = await conn.fetch(
         "SELECT * FROM policies WHERE instance_id = $1 AND ended_at IS NULL AND valid_until > $2"
         " ORDER BY array_position(ARRAY['battery','solar','ev','hvac'], grp)",
@@ -217,16 +235,13 @@ async def publish_control(ctx: ServiceContext, conn: Any, locked: Locked, at: da
         ],
     )
     await conn.execute(
-        "UPDATE installations SET control_version = $2, control_issued_at = $3 WHERE instance_id = $1",
-        locked.instance_id,
-        version,
-        at,
-    )
-    policy_ids = [row["policy_id"] for row in rows]
-    await conn.executemany(
         "INSERT INTO control_publications (gateway_uuid, version, instance_id, issued_at, policy_ids)"
-        " VALUES ($1, $2, $3, $4, $5)",
-        [(uuid.UUID(g["uuid"]), version, locked.instance_id, at, policy_ids) for g in locked.gateways],
+        " SELECT g, $2, $3, $4, $5 FROM unnest($1::uuid[]) AS g",
+        [uuid.UUID(g["uuid"]) for g in locked.gateways],
+        version,
+        locked.instance_id,
+        at,
+        [row["policy_id"] for row in rows],
     )
     for gateway in locked.gateways:
         await ctx.mqtt.publish(
@@ -415,18 +430,35 @@ async def refresh(ctx: ServiceContext, conn: Any, locked: Locked, at: datetime) 
 
 
 async def tick_once(ctx: ServiceContext) -> float:
-    """Handle every installation with something due; the seconds until the next thing is due."""
+    """Handle every installation with something due; the seconds until the next thing is due.
+
+    Installations are independent (each is its own transaction holding its own row), so TICK_WORKERS
+    connections work through the due ones side by side: most of an installation's time is waiting for the
+    database and for the broker's PUBACK, which overlap."""
     at = now()
     async with ctx.db.acquire() as conn:
         due = [row["instance_id"] for row in await conn.fetch(_DUE, at)]
-        busy = False
-        for instance_id in due:
-            async with conn.transaction():
-                locked = await try_lock(conn, instance_id)
-                if locked is None:
-                    busy = True  # a request or another replica holds it: come back in a moment
-                    continue
-                await refresh(ctx, conn, locked, now())
+    pending = iter(due)
+    busy = False
+
+    async def work() -> None:
+        nonlocal busy
+        async with ctx.db.acquire() as conn:
+            for instance_id in pending:  # shared: each installation is taken by one worker
+                async with conn.transaction():
+                    locked = await try_lock(conn, instance_id)
+                    if locked is None:
+                        busy = True  # a request or another replica holds it: come back in a moment
+                        continue
+                    await refresh(ctx, conn, locked, now())
+
+    outcomes = await asyncio.gather(
+        *(work() for _ in range(min(TICK_WORKERS, len(due)))), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    async with ctx.db.acquire() as conn:
         following = await conn.fetchval(_NEXT)
     if busy:
         return TICK_MIN_S
@@ -455,86 +487,123 @@ def _gateway_uuid(topic: str) -> uuid.UUID | None:
         return None
 
 
+ACK_WAIT_S = 2.0
+ACK_WAIT_STEP_S = 0.1
+
+
+async def _with_patience(
+    deliveries: list[Delivery[Any]], apply: Callable[[Delivery[Any]], Awaitable[bool]], what: str
+) -> None:
+    """Apply acknowledgements; one for a version not found yet is tried again for ACK_WAIT_S before it is a
+    dead letter. A state is published before its transaction commits (so that nothing is committed that the
+    broker did not take), and a quick controller can answer before that commit is visible."""
+    pending = list(deliveries)
+    waited = 0.0
+    while True:
+        missing = [delivery for delivery in pending if not await apply(delivery)]
+        if not missing:
+            return
+        if waited >= ACK_WAIT_S:
+            break
+        await asyncio.sleep(ACK_WAIT_STEP_S)
+        waited += ACK_WAIT_STEP_S
+        pending = missing
+    for delivery in missing:
+        delivery.reject(f"{what} version {delivery.model.version} was never sent to this gateway")
+
+
 async def on_control_ack(ctx: ServiceContext, deliveries: list[Delivery[ControlAck]]) -> None:
     async with ctx.db.acquire() as conn:
-        for delivery in deliveries:
-            gateway, ack = _gateway_uuid(delivery.topic), delivery.model
-            async with conn.transaction():
-                row = (
-                    None
-                    if gateway is None
-                    else await conn.fetchrow(
-                        "SELECT policy_ids, ack_status FROM control_publications"
-                        " WHERE gateway_uuid = $1 AND version = $2 FOR UPDATE",
-                        gateway,
-                        ack.version,
-                    )
-                )
-                if row is None:
-                    delivery.reject(f"control version {ack.version} was never sent to this gateway")
-                    continue
-                if row["ack_status"] is not None:
-                    continue  # a duplicate (or a second answer): the first one stands
-                at = now()
-                await conn.execute(
-                    "UPDATE control_publications SET ack_status = $3, ack_reason = $4, acked_at = $5"
-                    " WHERE gateway_uuid = $1 AND version = $2",
-                    gateway, ack.version, ack.status, ack.reason, at,
-                )  # fmt: skip
-                if ack.status == "applied":
-                    await conn.execute(
-                        "UPDATE policies SET applied_at = coalesce(applied_at, $2) WHERE policy_id = ANY($1::uuid[])",
-                        row["policy_ids"],
-                        at,
-                    )
-                else:
-                    await conn.execute(
-                        "UPDATE policies SET rejected_at = $2, rejected_reason = $3 WHERE policy_id = ANY($1::uuid[])",
-                        row["policy_ids"],
-                        at,
-                        ack.reason,
-                    )
+
+        async def apply(delivery: Delivery[ControlAck]) -> bool:
+            return await _apply_control_ack(conn, delivery)
+
+        await _with_patience(deliveries, apply, "control")
+
+
+async def _apply_control_ack(conn: Any, delivery: Delivery[ControlAck]) -> bool:
+    """Record one control acknowledgement; False when its version is not known (yet)."""
+    gateway, ack = _gateway_uuid(delivery.topic), delivery.model
+    if gateway is None:
+        return False
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT policy_ids, ack_status FROM control_publications"
+            " WHERE gateway_uuid = $1 AND version = $2 FOR UPDATE",
+            gateway,
+            ack.version,
+        )
+        if row is None:
+            return False
+        if row["ack_status"] is not None:
+            return True  # a duplicate (or a second answer): the first one stands
+        at = now()
+        await conn.execute(
+            "UPDATE control_publications SET ack_status = $3, ack_reason = $4, acked_at = $5"
+            " WHERE gateway_uuid = $1 AND version = $2",
+            gateway, ack.version, ack.status, ack.reason, at,
+        )  # fmt: skip
+        if ack.status == "applied":
+            await conn.execute(
+                "UPDATE policies SET applied_at = coalesce(applied_at, $2) WHERE policy_id = ANY($1::uuid[])",
+                row["policy_ids"],
+                at,
+            )
+        else:
+            await conn.execute(
+                "UPDATE policies SET rejected_at = $2, rejected_reason = $3 WHERE policy_id = ANY($1::uuid[])",
+                row["policy_ids"],
+                at,
+                ack.reason,
+            )
+    return True
 
 
 async def on_schedule_ack(ctx: ServiceContext, deliveries: list[Delivery[ScheduleAck]]) -> None:
     async with ctx.db.acquire() as conn:
-        for delivery in deliveries:
-            gateway, ack = _gateway_uuid(delivery.topic), delivery.model
-            async with conn.transaction():
-                row = (
-                    None
-                    if gateway is None
-                    else await conn.fetchrow(
-                        "SELECT schedule_pks, ack_status FROM schedule_publications"
-                        " WHERE gateway_uuid = $1 AND version = $2 FOR UPDATE",
-                        gateway,
-                        ack.version,
-                    )
-                )
-                if row is None:
-                    delivery.reject(f"schedule version {ack.version} was never sent to this gateway")
-                    continue
-                if row["ack_status"] is not None:
-                    continue
-                at = now()
-                await conn.execute(
-                    "UPDATE schedule_publications SET ack_status = $3, ack_reason = $4, acked_at = $5"
-                    " WHERE gateway_uuid = $1 AND version = $2",
-                    gateway, ack.version, ack.status, ack.reason, at,
-                )  # fmt: skip
-                if ack.status == "stored":
-                    await conn.execute(
-                        "UPDATE schedules SET stored_at = coalesce(stored_at, $2) WHERE id = ANY($1::bigint[])",
-                        row["schedule_pks"],
-                        at,
-                    )
-                else:
-                    await conn.execute(
-                        "UPDATE schedules SET rejected_at = $2, rejected_reason = $3 WHERE id = ANY($1::bigint[])",
-                        row["schedule_pks"],
-                        at,
-                        ack.reason,
-                    )
+
+        async def apply(delivery: Delivery[ScheduleAck]) -> bool:
+            return await _apply_schedule_ack(conn, delivery)
+
+        await _with_patience(deliveries, apply, "schedule")
+
+
+async def _apply_schedule_ack(conn: Any, delivery: Delivery[ScheduleAck]) -> bool:
+    """Record one schedule acknowledgement; False when its version is not known (yet)."""
+    gateway, ack = _gateway_uuid(delivery.topic), delivery.model
+    if gateway is None:
+        return False
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT schedule_pks, ack_status FROM schedule_publications"
+            " WHERE gateway_uuid = $1 AND version = $2 FOR UPDATE",
+            gateway,
+            ack.version,
+        )
+        if row is None:
+            return False
+        if row["ack_status"] is not None:
+            return True
+        at = now()
+        await conn.execute(
+            "UPDATE schedule_publications SET ack_status = $3, ack_reason = $4, acked_at = $5"
+            " WHERE gateway_uuid = $1 AND version = $2",
+            gateway, ack.version, ack.status, ack.reason, at,
+        )  # fmt: skip
+        if ack.status == "stored":
+            await conn.execute(
+                "UPDATE schedules SET stored_at = coalesce(stored_at, $2) WHERE id = ANY($1::bigint[])",
+                row["schedule_pks"],
+                at,
+            )
+        else:
+            await conn.execute(
+                "UPDATE schedules SET rejected_at = $2, rejected_reason = $3 WHERE id = ANY($1::bigint[])",
+                row["schedule_pks"],
+                at,
+                ack.reason,
+            )
+    return True
 
 
 async def on_registry_change(ctx: ServiceContext, deliveries: list[Delivery[RegistryChange]]) -> None:
@@ -608,6 +677,7 @@ def register(ctx: ServiceContext) -> None:
 
     async def changes(deliveries: list[Delivery[RegistryChange]]) -> None:
         await on_registry_change(ctx, deliveries)
+        await bindings.on_registry_change(ctx, deliveries)
 
     ctx.mqtt.subscribe(topics.CONTROL_ACK_ALL, ControlAck, control_acks, batch_max=200)
     ctx.mqtt.subscribe(topics.SCHEDULE_ACK_ALL, ScheduleAck, schedule_acks, batch_max=200)

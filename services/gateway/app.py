@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from libs.bus import Bus, Delivery
 from libs.logs import configure_logging, correlation_id
 from libs.service import (
+    CLIENT_ADDRESS_HEADER,
     ProblemError,
     ServiceContext,
     install_observability,
@@ -36,19 +37,19 @@ from libs.settings import SERVICES, Settings, get_settings
 from proto_schemas import topics
 from proto_schemas.audit import AuditEvent
 from proto_schemas.registry import RegistryChange
-from services.gateway.auth import Authenticator, RateLimiter
+from services.gateway.auth import DATA_API_BURST, DATA_API_RATE_PER_S, Authenticator, RateLimiter, credentials
 from services.gateway.policy import Denied, authorize
 from services.gateway.routing import PUBLIC, ROUTES, service_for
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-_IDENTITY_HEADS = {"users", "apikeys", "serviceproviders", "privileges"}
+_IDENTITY_HEADS = {"users", "apikeys", "serviceproviders", "privileges", "dataapi"}
 _UNSAFE_PATH = re.compile(r"%(2f|3f|23|5c|00)", re.IGNORECASE)
 # Hop-by-hop and credential headers never forwarded to services.
 _DROP_REQUEST = {
     "host", "content-length", "connection", "token", "user-uuid", "authorization", "api-key",
-    "x-gridfleet-internal", "x-gridfleet-principal",
+    "x-gridfleet-internal", "x-gridfleet-principal", "x-gridfleet-client-address",
 }  # fmt: skip
 _DROP_RESPONSE = {"content-length", "connection", "transfer-encoding", "content-encoding", "server", "date"}
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -78,9 +79,10 @@ async def merged_openapi(ctx: ServiceContext) -> dict[str, Any]:
                 "Token": {"type": "apiKey", "in": "header", "name": "Token"},
                 "UserUUID": {"type": "apiKey", "in": "header", "name": "User-UUID"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "API-Key"},
             },
         },
-        "security": [{"Token": [], "UserUUID": []}, {"Bearer": []}],
+        "security": [{"Token": [], "UserUUID": []}, {"Bearer": []}, {"ApiKey": []}],
     }
     owners = sorted(set(ROUTES.values()))
     answers = await asyncio.gather(
@@ -100,6 +102,8 @@ async def merged_openapi(ctx: ServiceContext) -> dict[str, Any]:
                     operation["security"] = []
             doc["paths"][f"{API_PREFIX}{path}"] = item
         doc["components"]["schemas"].update(part.get("components", {}).get("schemas", {}))
+        # Calls gridfleet makes to others (the signed provider webhooks) are documented as OpenAPI webhooks.
+        doc.setdefault("webhooks", {}).update(part.get("webhooks", {}))
     return doc
 
 
@@ -118,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticator = Authenticator(ctx)
     per_principal = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     per_address = RateLimiter(cfg.login_rate_per_min / 60.0, max(1, int(cfg.login_rate_per_min)))
+    per_data_key = RateLimiter(DATA_API_RATE_PER_S, DATA_API_BURST)
     audit_tasks: set[asyncio.Task[None]] = set()
 
     async def on_change(deliveries: list[Delivery[RegistryChange]]) -> None:
@@ -195,10 +200,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             per_address.check(address, "this address")
         else:
             principal = await authenticator.authenticate(request)
-            per_principal.check(
-                f"{principal.user_id}:{principal.via_key}",
-                "this user" if not principal.via_key else "this key",
-            )
+            if principal.data_scope is not None:
+                per_data_key.check(credentials(request).cache_key, "this Data API key")
+            else:
+                per_principal.check(
+                    f"{principal.user_id}:{principal.via_key}",
+                    "this user" if not principal.via_key else "this key",
+                )
             try:
                 authorize(principal, request.method, path)
             except Denied as exc:
@@ -213,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path.rstrip("/") == "users/logout":
             headers["Token"] = request.headers.get("Token") or request.headers.get("Authorization", "")[7:]
         headers.update(ctx.internal_headers(principal))
+        headers[CLIENT_ADDRESS_HEADER] = address
         attempts = 2 if request.method in ("GET", "HEAD") else 1
         for attempt in range(attempts):
             try:
@@ -241,7 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Passwords, users and keys changed through this gateway end cached sessions at once; other gateway
             # replicas hear of it on the bus a moment later.
             authenticator.forget_all()
-        if request.method != "GET":
+        if request.method != "GET" or path.split("/", 1)[0] == "data":  # Data API reads are audited too
             event = AuditEvent(
                 event_key=uuid.uuid4().hex,
                 at=datetime.now(UTC),

@@ -19,6 +19,9 @@ from libs.auth import token_digest
 from libs.service import Principal, ProblemError, ServiceContext
 
 CACHE_SECONDS = 30.0
+# Data API keys have a bucket each (by the key itself), smaller than a logged-in user's.
+DATA_API_RATE_PER_S = 5.0
+DATA_API_BURST = 30
 _CACHE_LIMIT = 10_000
 
 

@@ -91,6 +91,9 @@ RULES: dict[str, Rule] = {
 SUBRULES: dict[tuple[str, str], Rule] = {
     ("instances", "policies"): Rule(EVERYONE, (*STEERING, "owner", "guest")),
     ("instances", "schedules"): Rule(EVERYONE, (*STEERING, "owner", "guest")),
+    # commands bound to meters and spaces: the parent's rule (binding is a change of the meter or space)
+    ("meters", "commands"): Rule(STAFF, COMMISSIONING),
+    ("spaces", "commands"): Rule(STAFF, ADMINS),
     # external signal providers of an installation: its owner adds and removes them, as do administrators
     ("instances", "providers"): Rule(EVERYONE, (*ADMINS, "owner")),
 }
@@ -121,6 +124,8 @@ def authorize(principal: Principal, method: str, path: str) -> None:
         return
     parts = path.split("/")
     head = parts[0]
+    if principal.data_scope is not None and head != "data":
+        raise Denied("a Data API key calls /data only")
     rule = SUBRULES.get((parts[0], parts[2])) if len(parts) >= 3 else None
     rule = rule or RULES.get(head)
     if rule is None:

@@ -62,6 +62,9 @@ PUBLIC = {("PUT", "users/login")}
 SUBROUTES: dict[tuple[str, str], str] = {
     ("instances", "policies"): "command",
     ("instances", "schedules"): "command",
+    # commands bound to meters and spaces: the binding lives with the commands (services/command/bindings.py)
+    ("meters", "commands"): "command",
+    ("spaces", "commands"): "command",
     ("instances", "providers"): "onboarding",
 }
 

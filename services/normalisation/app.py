@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.service import ServiceContext, create_service_app
+from services.normalisation import dataapi_internal
 from services.normalisation.consumer import Normalisation
 from services.normalisation.held import router as held_router
 
@@ -21,4 +22,6 @@ async def setup(ctx: ServiceContext) -> None:
 
 
 def create_app() -> FastAPI:
-    return create_service_app("normalisation", routers=[held_router], migrations=MIGRATIONS, setup=setup)
+    return create_service_app(
+        "normalisation", routers=[held_router, dataapi_internal.router], migrations=MIGRATIONS, setup=setup
+    )

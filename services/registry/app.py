@@ -14,13 +14,16 @@ from proto_schemas.audit import AuditEvent
 from proto_schemas.registry import DataSourceStatus, GatewaySeen
 from services.registry.api import (
     acquisition,
+    aggregation_internal,
     audit,
     calendars,
+    dataapi,
     instances,
     internal,
     lookups,
     metering,
     offline_files,
+    ownership_internal,
     parameters,
     tariffs,
     transfer,
@@ -86,6 +89,7 @@ def create_app() -> FastAPI:
         "registry",
         routers=[
             users.router,
+            dataapi.router,
             lookups.router,
             acquisition.router,
             metering.router,
@@ -98,6 +102,8 @@ def create_app() -> FastAPI:
             offline_files.router,
             audit.router,
             internal.router,
+            ownership_internal.router,
+            aggregation_internal.router,
         ],
         migrations=MIGRATIONS,
         setup=setup,

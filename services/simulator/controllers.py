@@ -2,7 +2,7 @@
 
 Each simulated gateway holds one MQTT connection of its own, logging in with username = its uuid and password =
 its token (the account the registry made for it on a broker with per-gateway accounts). After every connect it
-publishes `online` (QoS 1, retained; its last will says `offline`), subscribes to its `cmd`, `control` and
+publishes `online` (QoS 1, retained; its last will says `offline`), subscribes to `cmd/#` (No Local), `control` and
 `schedule` topics (and acknowledges what arrives there), sends a health report, then its buffered telemetry,
 oldest first. Telemetry is batched (many readings per message), published at QoS 1 with a window of messages in
 flight, and kept until the broker's PUBACK: after a lost connection the same bytes, with the same `msg_id`, are
@@ -41,6 +41,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import orjson
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from proto_schemas import topics
 
@@ -526,7 +527,9 @@ class GatewayRunner:
             started = time.perf_counter()
             await client.publish(self.topic("status"), b"online", qos=1, retain=True)
             self.ping_ms = (time.perf_counter() - started) * 1000
-            for leaf in ("cmd", "control", "schedule"):
+            # Commands may use sub-topics of `cmd`; No Local keeps this controller's own acks away.
+            await client.subscribe(self.topic("cmd/#"), options=SubscribeOptions(qos=1, noLocal=True))
+            for leaf in ("control", "schedule"):
                 await client.subscribe(self.topic(leaf), qos=1)
             listener = asyncio.create_task(self._listen(client))
             try:
@@ -603,7 +606,8 @@ class GatewayRunner:
                 continue
             if not isinstance(body, dict):
                 continue
-            leaf = message.topic.value.rsplit("/", 1)[-1]
+            rest = message.topic.value.removeprefix(self.topic(""))
+            leaf = "cmd" if rest == "cmd" or (rest.startswith("cmd/") and rest != "cmd/ack") else rest
             if leaf == "cmd" and "command_id" in body:
                 for status in ("delivered", "succeeded"):
                     ack = {"command_id": body["command_id"], "status": status}

@@ -83,6 +83,9 @@ ACCESS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 SUB_ACCESS: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {
     ("instances", "policies"): (_EVERYONE, _STEERING | {"owner", "guest"}),
     ("instances", "schedules"): (_EVERYONE, _STEERING | {"owner", "guest"}),
+    # commands bound to meters and spaces (served by the command service): as the meter or space itself
+    ("meters", "commands"): (_STAFF, _COMMISSIONING),
+    ("spaces", "commands"): (_STAFF, _ADMINS),
     ("instances", "providers"): (_EVERYONE, _ADMINS | {"owner"}),
 }
 

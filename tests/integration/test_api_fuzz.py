@@ -62,6 +62,9 @@ SHOWN = 60  # wrong answers described in full in the failure message
 
 # Fields naming another object whose collection is not simply the field's name in the plural.
 ALIASES = {"parent_space_id": "spaces", "master_meter_id": "meters", "meterid": "meters"}
+# Report subjects (`spaceid`, `equipmentid`, ...) name their collection too.
+ALIASES |= {f"{kind}id": f"{kind}s" for kind in ("space", "equipment", "combinedequipment", "tenant", "store",
+                                                   "shopfloor", "virtualmeter", "offlinemeter")}  # fmt: skip
 # Strings the document leaves free but the API takes from a fixed set (aimed requests use these).
 CHOICES = {
     "protocol": ("mqtt", "modbus-tcp", "bacnet-ip", "opc-ua"),

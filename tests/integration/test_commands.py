@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,9 +21,10 @@ import orjson
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from proto_schemas import topics
-from tests.support import Platform, eventually
+from tests.support import Platform, build_site, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -31,6 +33,19 @@ Mode = Literal["succeed", "fail", "deliver_only", "silent", "honour_expiry"]
 
 def payload_bytes(payload: Any) -> bytes:
     return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
+
+
+def no_delay(client: aiomqtt.Client) -> aiomqtt.Client:
+    """Turn Nagle's algorithm off on the client's socket (paho leaves it on); call before connecting."""
+    opened = client._client.on_socket_open
+
+    def hook(paho: Any, userdata: Any, sock: Any) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if opened is not None:
+            opened(paho, userdata, sock)
+
+    client._client.on_socket_open = hook
+    return client
 
 
 @dataclass
@@ -45,6 +60,8 @@ class Controller:
     controls: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     schedules: list[dict[str, Any]] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
+    command_topics: list[str] = field(default_factory=list)
+    nodelay: bool = False  # TCP_NODELAY on the controller's socket (Nagle's algorithm off)
     _client: aiomqtt.Client | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -59,16 +76,32 @@ class Controller:
             target.host, target.port, identifier=self.gateway_uuid, protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False, properties=props, timeout=10,
         )  # fmt: skip
+        if self.nodelay:
+            no_delay(client)
         await client.__aenter__()
         self._client = client
         self._task = asyncio.create_task(self._listen(client))
-        for leaf in ("cmd", "control", "schedule"):
+        # As docs/device-protocol.md says: every command topic (`cmd` and below), without our own `cmd/ack`
+        # echoed back (MQTT 5 No Local), and the retained states.
+        await client.subscribe(self.topic("cmd/#"), options=SubscribeOptions(qos=1, noLocal=True))
+        for leaf in ("control", "schedule"):
             await client.subscribe(self.topic(leaf), qos=1)
         await client.publish(self.topic("status"), b"online", qos=1, retain=True)
 
     async def disconnect(self) -> None:
         if self._client is not None:
             await self._client.publish(self.topic("status"), b"offline", qos=1, retain=True)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.__aexit__(None, None, None)
+        self._client, self._task = None, None
+
+    async def drop(self) -> None:
+        """Lose the connection without a word (the broker went away): the session stays at the broker."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -88,8 +121,9 @@ class Controller:
             if not payload_bytes(message.payload):
                 continue  # a retained state cleared
             body = orjson.loads(payload_bytes(message.payload))
-            leaf = message.topic.value.rsplit("/", 1)[-1]
-            if leaf == "cmd":
+            leaf = message.topic.value.split(f"/{self.gateway_uuid}/", 1)[-1]
+            if leaf == "cmd" or (leaf.startswith("cmd/") and leaf != "cmd/ack"):
+                self.command_topics.append(leaf)
                 self.commands.append(body)
                 await self._answer_command(body)
             elif leaf == "control":
@@ -379,3 +413,76 @@ async def test_commands_are_listed_changed_exported_imported_cloned_and_deleted(
     assert (await platform.api.get(f"/commands/{clone.json()['id']}")).json()["name"] == f"{name} (copy)"
     assert (await platform.api.put("/commands/987654/send", json={"data": {}})).status_code == 404
     assert (await platform.api.get("/commandruns/987654")).status_code == 404
+
+
+async def test_a_command_on_a_cmd_sub_topic_reaches_a_controller_subscribed_as_the_protocol_says(
+    platform: Platform,
+) -> None:
+    """Commands may target `cmd/<sub-topic>` (say one inverter of the site); docs/device-protocol.md tells
+    controllers to subscribe to `cmd/#` (with No Local, so their own `cmd/ack` is not echoed back)."""
+    gateway = await new_gateway(platform, f"cmd-sub-{uuid.uuid4().hex[:6]}")
+    command_id = await new_command(
+        platform, gateway, topic=topics.gateway_topic(gateway["uuid"], "cmd/inverter/2")
+    )
+    async with controller(platform, gateway["uuid"]) as sim:
+        run_id = await send(platform, command_id, set_value=1500)
+        done = await run_reaches(platform, run_id, "SUCCEEDED")
+        # Our own acknowledgements never come back to us as commands.
+        await asyncio.sleep(0.3)
+    assert done["topic"] == topics.gateway_topic(gateway["uuid"], "cmd/inverter/2")
+    assert sim.command_topics == ["cmd/inverter/2"]
+    assert [c["command_id"] for c in sim.commands] == [run_id]
+    for topic in ("cmd/ack/x", "cmd//x", "cmd/+", "cmdx"):
+        answer = await platform.api.post(
+            "/commands",
+            json={"data": {"name": f"bad-{uuid.uuid4().hex[:6]}", "gateway_id": gateway["id"], "payload": "{}",
+                           "topic": topics.gateway_topic(gateway["uuid"], topic)}},
+        )  # fmt: skip
+        assert answer.status_code == 400, (topic, answer.text)
+        assert answer.json()["errors"][0]["field"] == "topic"
+
+
+async def test_commands_are_bound_to_meters_and_spaces_listed_unbound_and_dropped_with_their_objects(
+    platform: Platform,
+) -> None:
+    site = await build_site(platform.api, f"bind-{uuid.uuid4().hex[:6]}")
+    meter, space = site.meters["main"], site.space_id
+    gateway = {"id": site.gateway_id, "uuid": site.gateway_uuid}
+    first, second = await new_command(platform, gateway), await new_command(platform, gateway)
+    api = platform.api
+    for parent in (f"/meters/{meter}", f"/spaces/{space}"):
+        assert (await api.get(f"{parent}/commands")).json() == []
+        for command_id in (first, second):
+            bound = await api.post(f"{parent}/commands", json={"data": {"command_id": command_id}})
+            assert bound.status_code == 201, bound.text
+        again = await api.post(f"{parent}/commands", json={"data": {"command_id": first}})
+        assert again.status_code == 409 and again.json()["errors"][0]["field"] == "command_id"
+        unknown = await api.post(f"{parent}/commands", json={"data": {"command_id": 987654321}})
+        assert unknown.status_code == 400 and unknown.json()["errors"][0]["field"] == "command_id"
+        bad = await api.post(f"{parent}/commands", json={"data": {"command": first}})
+        assert bad.status_code in (400, 422), bad.text
+        listed = (await api.get(f"{parent}/commands")).json()
+        assert [c["id"] for c in listed] == [first, second]
+        assert listed[0]["topic"] == topics.gateway_topic(site.gateway_uuid, "cmd")
+        assert (await api.delete(f"{parent}/commands/{first}")).status_code == 204
+        assert (await api.delete(f"{parent}/commands/{first}")).status_code == 404
+        assert [c["id"] for c in (await api.get(f"{parent}/commands")).json()] == [second]
+    missing = await api.get("/meters/987654321/commands")
+    assert missing.status_code == 404
+    # Deleting the command drops its bindings; deleting the meter drops the meter's.
+    assert (await api.delete(f"/commands/{second}")).status_code == 204
+    assert (await api.get(f"/spaces/{space}/commands")).json() == []
+    third = await new_command(platform, gateway)
+    assert (
+        await api.post(f"/meters/{meter}/commands", json={"data": {"command_id": third}})
+    ).status_code == 201
+    assert (await api.delete(f"/spaces/{space}/meters/{meter}")).status_code == 204
+    assert (await api.delete(f"/meters/{meter}/points/{site.points['main']}")).status_code == 204
+    assert (await api.delete(f"/meters/{meter}")).status_code == 204, "the meter could not be deleted"
+    bindings = f'"{platform.schema("command")}".command_bindings'
+    await eventually(
+        lambda: platform.db.fetchval(
+            f"SELECT count(*) FROM {bindings} WHERE kind = 'meter' AND object_id = $1", meter
+        ),
+        lambda n: n == 0,
+    )

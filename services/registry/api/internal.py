@@ -118,3 +118,123 @@ async def modbus_sources(ctx: ServiceContext = Depends(get_context)) -> list[dic
         }
         for r in rows
     ]
+
+
+# Report subjects (reporting's read model): kind -> (table, space link for the zone, leaf links, point link).
+_SUBJECTS: dict[str, tuple[str, str | None, tuple[tuple[str, str, str, bool], ...], str | None]] = {
+    "space": ("spaces", None, (("meter", "space_meters", "meter_id", False),
+              ("offlinemeter", "space_offline_meters", "offline_meter_id", False),
+              ("virtualmeter", "space_virtual_meters", "virtual_meter_id", False)), "space_points"),
+    "meter": ("meters", "space_meters", (), "meter_points"),
+    "virtualmeter": ("virtual_meters", "space_virtual_meters", (), None),
+    "offlinemeter": ("offline_meters", "space_offline_meters", (), None),
+    "equipment": ("equipments", "space_equipments", (("meter", "equipment_meters", "meter_id", True),
+                  ("offlinemeter", "equipment_offline_meters", "offline_meter_id", True),
+                  ("virtualmeter", "equipment_virtual_meters", "virtual_meter_id", True)), None),
+    "combinedequipment": ("combined_equipments", "space_combined_equipments",
+                          (("meter", "combined_equipment_meters", "meter_id", True),
+                           ("offlinemeter", "combined_equipment_offline_meters", "offline_meter_id", True),
+                           ("virtualmeter", "combined_equipment_virtual_meters", "virtual_meter_id", True)), None),
+    **{kind: (f"{kind}s", f"space_{kind}s", (("meter", f"{kind}_meters", "meter_id", False),
+              ("offlinemeter", f"{kind}_offline_meters", "offline_meter_id", False),
+              ("virtualmeter", f"{kind}_virtual_meters", "virtual_meter_id", False)), f"{kind}_points")
+       for kind in ("tenant", "store", "shopfloor")},
+}  # fmt: skip
+_LEAF_TABLES = {"meter": "meters", "offlinemeter": "offline_meters", "virtualmeter": "virtual_meters"}
+
+
+@router.get("/reportsubjects/{kind}/{key}")
+async def report_subject(kind: str, key: str, ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
+    """A report's subject as the caller may see it, by id or uuid: name, zone, the meters (plain, offline,
+    virtual) that make it up, its points, and every energy category and item (reports label by them)."""
+    if kind not in _SUBJECTS:
+        raise not_found("report subject kind", kind)
+    table, zone_link, leaves, point_link = _SUBJECTS[kind]
+    column = "id" if key.isdigit() else "uuid::text"
+    row = await ctx.db.fetchrow(
+        f"SELECT * FROM {table} WHERE {column} = $1", int(key) if key.isdigit() else key
+    )
+    if row is None:
+        raise not_found(kind, key)
+    ident = row["id"]
+    own = f"{kind}_id" if kind not in ("combinedequipment", "virtualmeter", "offlinemeter") else {
+        "combinedequipment": "combined_equipment_id", "virtualmeter": "virtual_meter_id",
+        "offlinemeter": "offline_meter_id"}[kind]  # fmt: skip
+    if zone_link is None:
+        zone = await ctx.db.fetchval("SELECT name FROM timezones WHERE id = $1", row["timezone_id"])
+    else:
+        zone = await ctx.db.fetchval(
+            f"SELECT t.name FROM {zone_link} l JOIN spaces s ON s.id = l.space_id JOIN timezones t"
+            f" ON t.id = s.timezone_id WHERE l.{own} = $1 ORDER BY s.id LIMIT 1",
+            ident,
+        )
+    # A space counts its own meters and those of the spaces below it (MyEMS).
+    holders = (
+        [r["id"] for r in await ctx.db.fetch(
+            "WITH RECURSIVE down(id) AS (SELECT $1::bigint UNION SELECT s.id FROM spaces s JOIN down d"
+            " ON s.parent_space_id = d.id) SELECT id FROM down", ident)]
+        if kind == "space" else [ident]
+    )  # fmt: skip
+    members: list[dict[str, Any]] = []
+    if kind in _LEAF_TABLES:
+        members.append({"kind": kind, "id": ident, "is_output": False})
+    for leaf, link, leaf_column, flagged in leaves:
+        output = "l.is_output" if flagged else "false"
+        for r in await ctx.db.fetch(
+            f"SELECT DISTINCT l.{leaf_column} AS id, {output} AS is_output FROM {link} l"
+            f" WHERE l.{own} = ANY($1::bigint[]) ORDER BY 1",
+            holders,
+        ):
+            members.append({"kind": leaf, "id": r["id"], "is_output": r["is_output"]})
+    meters: list[dict[str, Any]] = []
+    for leaf, table_name in _LEAF_TABLES.items():
+        ids = [m["id"] for m in members if m["kind"] == leaf]
+        if not ids:
+            continue
+        item = "NULL::bigint" if leaf == "meter" else "x.energy_item_id"
+        found = {
+            r["id"]: dict(r)
+            for r in await ctx.db.fetch(
+                f"SELECT x.id, x.name, x.uuid::text AS uuid, x.energy_category_id, {item} AS energy_item_id,"
+                f" x.is_counted FROM {table_name} x WHERE x.id = ANY($1::bigint[])",
+                ids,
+            )
+        }
+        meters += [{**found[m["id"]], **m} for m in members if m["kind"] == leaf and m["id"] in found]
+    points = (
+        [dict(r) for r in await ctx.db.fetch(
+            f"SELECT p.id, p.name, p.units, p.object_type FROM {point_link} l JOIN points p ON p.id = l.point_id"
+            f" WHERE l.{own} = $1 ORDER BY p.id", ident)]
+        if point_link else []
+    )  # fmt: skip
+    submeters = (
+        [dict(r) for r in await ctx.db.fetch(
+            "SELECT id, name, uuid::text AS uuid, energy_category_id FROM meters WHERE master_meter_id = $1"
+            " ORDER BY id", ident)]
+        if kind == "meter" else []
+    )  # fmt: skip
+    categories = [
+        dict(r)
+        for r in await ctx.db.fetch(
+            "SELECT id, name, uuid::text AS uuid, unit_of_measure, kgce, kgco2e FROM energy_categories ORDER BY id"
+        )
+    ]
+    items = [
+        dict(r)
+        for r in await ctx.db.fetch("SELECT id, name, energy_category_id FROM energy_items ORDER BY id")
+    ]
+    return {
+        "kind": kind,
+        "id": ident,
+        "name": row["name"],
+        "uuid": str(row["uuid"]),
+        "timezone": zone or "UTC",
+        "area": row.get("area"),
+        "energy_category_id": row.get("energy_category_id"),
+        "cost_center_id": row.get("cost_center_id"),
+        "meters": meters,
+        "points": points,
+        "submeters": submeters,
+        "energy_categories": categories,
+        "energy_items": items,
+    }

@@ -26,6 +26,7 @@ from libs.service import (
     get_context,
     not_found,
 )
+from services.registry.api import dataapi
 from services.registry.api.common import (
     Body,
     Description,
@@ -204,6 +205,8 @@ def _principal(row: asyncpg.Record, via_key: bool = False) -> dict[str, Any]:
 @router.post("/internal/auth/verify", include_in_schema=False)
 async def verify(body: VerifyRequest, ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
     """The principal behind a session token or an API key, or 401."""
+    if body.api_key and body.api_key.strip().startswith(dataapi.DATA_KEY_PREFIX):
+        return await dataapi.verify_data_key(ctx, body.api_key.strip())
     if body.api_key:
         parts = body.api_key.strip().split("_")
         if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX:
