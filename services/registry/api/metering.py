@@ -54,9 +54,13 @@ class MeterIn(Body):
 _METER_SQL = (
     "SELECT m.*, c.id AS energy_category_id, c.name AS energy_category_name, c.uuid AS energy_category_uuid,"
     " c.unit_of_measure AS energy_category_unit_of_measure,"
-    " mm.id AS master_meter_id, mm.name AS master_meter_name, mm.uuid AS master_meter_uuid"
+    " mm.id AS master_meter_id, mm.name AS master_meter_name, mm.uuid AS master_meter_uuid,"
+    " cc.id AS cost_center_id, cc.name AS cost_center_name, cc.uuid AS cost_center_uuid,"
+    " ei.id AS energy_item_id, ei.name AS energy_item_name, ei.uuid AS energy_item_uuid"
     " FROM meters m JOIN energy_categories c ON c.id = m.energy_category_id"
     " LEFT JOIN meters mm ON mm.id = m.master_meter_id"
+    " LEFT JOIN cost_centers cc ON cc.id = m.cost_center_id"
+    " LEFT JOIN energy_items ei ON ei.id = m.energy_item_id"
 )
 
 
@@ -69,8 +73,8 @@ def _meter(row: asyncpg.Record) -> dict[str, Any]:
         "is_counted": row["is_counted"],
         "hourly_low_limit": row["hourly_low_limit"],
         "hourly_high_limit": row["hourly_high_limit"],
-        "cost_center": None,
-        "energy_item": None,
+        "cost_center": ref(row, "cost_center", "name", "uuid"),
+        "energy_item": ref(row, "energy_item", "name", "uuid"),
         "master_meter": ref(row, "master_meter", "name", "uuid"),
         "description": row["description"],
         "qrcode": f"meter:{row['uuid']}",
@@ -90,33 +94,38 @@ async def get_meter(meter_id: int, ctx: ServiceContext = Depends(get_context)) -
 
 
 async def _write_meter(ctx: ServiceContext, d: MeterIn, meter_id: int | None) -> int:
-    if d.cost_center_id is not None:
-        raise bad_request("cost_center_id", "cost centers are not available yet; send null")
-    if d.energy_item_id is not None:
-        raise bad_request("energy_item_id", "energy items are not available yet; send null")
     if meter_id is not None and d.master_meter_id == meter_id:
         raise bad_request("master_meter_id", "a meter cannot be its own master meter")
     values = (
         d.name, d.energy_category_id, d.is_counted, d.hourly_low_limit, d.hourly_high_limit,
-        d.master_meter_id, d.description,
+        d.master_meter_id, d.description, d.cost_center_id, d.energy_item_id,
     )  # fmt: skip
     async with ctx.db.acquire() as conn:
         await must_exist(conn, "energy_categories", d.energy_category_id, "energy_category_id")
         await must_exist(conn, "meters", d.master_meter_id, "master_meter_id")
+        await must_exist(conn, "cost_centers", d.cost_center_id, "cost_center_id")
+        await must_exist(conn, "energy_items", d.energy_item_id, "energy_item_id")
+        if d.energy_item_id is not None:
+            item_category = await conn.fetchval(
+                "SELECT energy_category_id FROM energy_items WHERE id = $1", d.energy_item_id
+            )
+            if item_category != d.energy_category_id:
+                raise bad_request("energy_item_id", "the energy item belongs to another energy category")
         try:
             if meter_id is None:
                 return int(
                     await conn.fetchval(
                         "INSERT INTO meters (uuid, name, energy_category_id, is_counted, hourly_low_limit,"
-                        " hourly_high_limit, master_meter_id, description)"
-                        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING id",
+                        " hourly_high_limit, master_meter_id, description, cost_center_id, energy_item_id)"
+                        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
                         uuid.uuid4(),
                         *values,
                     )
                 )
             found = await conn.fetchval(
                 "UPDATE meters SET name=$2, energy_category_id=$3, is_counted=$4, hourly_low_limit=$5,"
-                " hourly_high_limit=$6, master_meter_id=$7, description=$8 WHERE id=$1 RETURNING id",
+                " hourly_high_limit=$6, master_meter_id=$7, description=$8, cost_center_id=$9,"
+                " energy_item_id=$10 WHERE id=$1 RETURNING id",
                 meter_id,
                 *values,
             )
@@ -234,7 +243,11 @@ class SpaceIn(Body):
 
 _SPACE_SQL = (
     "SELECT s.*, t.id AS timezone_id, t.name AS timezone_name, t.description AS timezone_description,"
-    " t.utc_offset AS timezone_utc_offset FROM spaces s JOIN timezones t ON t.id = s.timezone_id"
+    " t.utc_offset AS timezone_utc_offset,"
+    " ct.id AS contact_id, ct.name AS contact_name, ct.uuid AS contact_uuid,"
+    " cc.id AS cost_center_id, cc.name AS cost_center_name, cc.uuid AS cost_center_uuid"
+    " FROM spaces s JOIN timezones t ON t.id = s.timezone_id"
+    " LEFT JOIN contacts ct ON ct.id = s.contact_id LEFT JOIN cost_centers cc ON cc.id = s.cost_center_id"
 )
 
 
@@ -248,8 +261,8 @@ def _space(row: asyncpg.Record) -> dict[str, Any]:
         "timezone": ref(row, "timezone", "name", "description", "utc_offset"),
         "is_input_counted": row["is_input_counted"],
         "is_output_counted": row["is_output_counted"],
-        "contact": None,
-        "cost_center": None,
+        "contact": ref(row, "contact", "name", "uuid"),
+        "cost_center": ref(row, "cost_center", "name", "uuid"),
         "latitude": row["latitude"],
         "longitude": row["longitude"],
         "description": row["description"],
@@ -302,18 +315,15 @@ async def _would_cycle(conn: Queryable, space_id: int, parent_id: int) -> bool:
 
 
 async def _write_space(ctx: ServiceContext, d: SpaceIn, space_id: int | None) -> int:
-    for name in ("contact_id", "cost_center_id"):
-        if getattr(d, name) is not None:
-            raise bad_request(
-                name, f"{name.removesuffix('_id').replace('_', ' ')}s are not available yet; send null"
-            )
     values = (
         d.name, d.parent_space_id, d.area, d.timezone_id, d.is_input_counted, d.is_output_counted,
-        d.latitude, d.longitude, d.description,
+        d.latitude, d.longitude, d.description, d.contact_id, d.cost_center_id,
     )  # fmt: skip
     async with ctx.db.acquire() as conn:
         await must_exist(conn, "timezones", d.timezone_id, "timezone_id")
         await must_exist(conn, "spaces", d.parent_space_id, "parent_space_id")
+        await must_exist(conn, "contacts", d.contact_id, "contact_id")
+        await must_exist(conn, "cost_centers", d.cost_center_id, "cost_center_id")
         if (
             space_id is not None
             and d.parent_space_id is not None
@@ -324,15 +334,16 @@ async def _write_space(ctx: ServiceContext, d: SpaceIn, space_id: int | None) ->
             return int(
                 await conn.fetchval(
                     "INSERT INTO spaces (uuid, name, parent_space_id, area, timezone_id, is_input_counted,"
-                    " is_output_counted, latitude, longitude, description)"
-                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING id",
+                    " is_output_counted, latitude, longitude, description, contact_id, cost_center_id)"
+                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) RETURNING id",
                     uuid.uuid4(),
                     *values,
                 )
             )
         found = await conn.fetchval(
             "UPDATE spaces SET name=$2, parent_space_id=$3, area=$4, timezone_id=$5, is_input_counted=$6,"
-            " is_output_counted=$7, latitude=$8, longitude=$9, description=$10 WHERE id=$1 RETURNING id",
+            " is_output_counted=$7, latitude=$8, longitude=$9, description=$10, contact_id=$11,"
+            " cost_center_id=$12 WHERE id=$1 RETURNING id",
             space_id,
             *values,
         )

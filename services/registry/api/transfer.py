@@ -90,9 +90,11 @@ TRANSFERS = (
     _Transfer("points", "point", "points", acquisition.get_point, acquisition.PointIn, acquisition._write_point,
               (_Ref("data_source_id", "data_source", "data_sources"),), ("address",)),
     _Transfer("meters", "meter", "meters", metering.get_meter, metering.MeterIn, metering._write_meter,
-              (_Ref("energy_category_id", "energy_category", "energy_categories"), _Ref("master_meter_id", "master_meter", "meters"))),
+              (_Ref("energy_category_id", "energy_category", "energy_categories"), _Ref("master_meter_id", "master_meter", "meters"),
+               _Ref("cost_center_id", "cost_center", "cost_centers"), _Ref("energy_item_id", "energy_item", "energy_items"))),
     _Transfer("spaces", "space", "spaces", metering.get_space, metering.SpaceIn, metering._write_space,
-              (_Ref("timezone_id", "timezone", "timezones", by_uuid=False),)),
+              (_Ref("timezone_id", "timezone", "timezones", by_uuid=False), _Ref("contact_id", "contact", "contacts"),
+               _Ref("cost_center_id", "cost_center", "cost_centers"))),
 )  # fmt: skip
 
 
