@@ -11,17 +11,24 @@ one-minute timer) the copy is refreshed and, in the same transaction:
   category or item, is marked in ``subject_rebuild_pending``; a subject that disappeared loses its rollups.
 
 Factors are not copied into rollups: kgce and kgco2e are derived when read, so a new factor applies at once.
+
+The model's digest is stored with the copy (``model_state``, written in the same transaction): a sync that
+fetches a model with the digest last applied skips the diff, since most registry changes (gateways, points,
+users...) and every timed sync leave it as it is. The first sync of a process always diffs, so a new release
+whose rules derive something more from the same model (e.g. output members) applies them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from typing import Any
 
 from libs.service import ServiceContext
-from services.aggregation.subjects import Binding, Ref, Subject, members
+from services.aggregation.subjects import Binding, Ref, Subject, members, output_kind, output_members
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,7 @@ class Model:
         self._lock = asyncio.Lock()
         self.available = True
         self._synced_at = float("-inf")
+        self._diffed = False  # a first sync in this process always diffs (the rules may be new)
 
     async def sync_if_quiet(self, interval_s: float = 2.0) -> None:
         """Sync unless a sync finished in the last ``interval_s`` (a burst of unknown subjects asks once)."""
@@ -56,6 +64,9 @@ class Model:
             await self._apply(response.json())
 
     async def _apply(self, model: dict[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(model, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        if self._diffed and digest == await self.ctx.db.fetchval("SELECT digest FROM model_state"):
+            return  # the copy is this model already
         sources = {
             (str(s["kind"]), int(s["id"])): (
                 int(s["energy_category_id"]),
@@ -75,6 +86,7 @@ class Model:
                 None if s["parent_id"] is None else int(s["parent_id"]),
                 bool(s["is_input_counted"]),
                 str(s["timezone"] or "UTC"),
+                bool(s.get("is_output_counted", False)),
             )
             for s in model["subjects"]
         ]
@@ -86,8 +98,13 @@ class Model:
             )
             for b in model["bindings"]
         ]
-        wanted_members = members(subjects, bindings, {ref: info[3] for ref, info in sources.items()})
+        counted = {ref: info[3] for ref, info in sources.items()}
+        wanted_members = members(subjects, bindings, counted)
         zones: dict[Ref, str] = {(s.kind, s.id): s.timezone for s in subjects}
+        # Output energy: its own subjects (``equipment_output``, ...), in the zone of the subject they belong to.
+        for (kind, ident), outputs in output_members(subjects, bindings, counted).items():
+            wanted_members[(output_kind(kind), ident)] = outputs
+            zones[(output_kind(kind), ident)] = zones[(kind, ident)]
         for ref in wanted_members:
             if ref in sources:
                 zones[ref] = sources[ref][4]
@@ -229,6 +246,12 @@ class Model:
                     [k for k, _ in removed],
                     [i for _, i in removed],
                 )
+            await conn.execute(
+                "INSERT INTO model_state VALUES (true, $1, 1, now()) ON CONFLICT (only_row) DO UPDATE"
+                " SET digest = EXCLUDED.digest, applies = model_state.applies + 1, applied_at = now()",
+                digest,
+            )
+            self._diffed = True
             if changed_sources or changed_tariffs or rebuild or removed or bound != current_bound:
                 log.info(
                     "aggregation model synced",

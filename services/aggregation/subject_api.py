@@ -9,6 +9,10 @@ equipment, combinedequipment, tenant, store, shopfloor and rollup one of hourly,
 * hourly: ``start`` and ``end`` are instants with an offset; a row is a local clock hour (so a +05:30 zone's
   hours start at :30 UTC) starting in [start, end), summed from the stored quarters.
 
+``direction=output`` (space, equipment and combined equipment only; default ``input``) reads the output energy
+rollups instead (services/aggregation/subjects.py): what an equipment delivers, so that an efficiency is
+output over input of the same periods.
+
 kgce and kgco2e are the energy times the energy category's factors (a change of factor applies at once).
 ``cost`` is null where no tariff applies. ``stale`` lists the local dates in range with changes the rollup
 task has not taken in yet (the rows there will still change); ``rebuilding`` says the subject is being rebuilt.
@@ -25,6 +29,7 @@ from fastapi import APIRouter, Depends, Query
 from libs.service import ServiceContext, bad_request, get_context, not_found
 from services.aggregation.consumer import REBUILD_METER
 from services.aggregation.localtime import local_date, local_midnight, zone
+from services.aggregation.subjects import OUTPUT_KINDS, output_kind
 
 router = APIRouter(prefix="/internal", include_in_schema=False)
 
@@ -40,6 +45,7 @@ Kind = Literal[
     "shopfloor",
 ]
 Rollup = Literal["hourly", "daily", "monthly", "yearly"]
+Direction = Literal["input", "output"]
 
 #: route kind -> the kind stored in source_info / subjects
 KINDS: dict[str, str] = {
@@ -53,6 +59,8 @@ KINDS: dict[str, str] = {
     "store": "store",
     "shopfloor": "shopfloor",
 }
+
+OUTPUT_ROUTE_KINDS = tuple(route for route, kind in KINDS.items() if kind in OUTPUT_KINDS)
 
 _METER_ROLLUP = {
     "daily": (
@@ -203,10 +211,20 @@ def _row(
 
 
 async def subject_rollup(
-    ctx: ServiceContext, route_kind: str, ident: int, rollup: str, start: str, end: str
+    ctx: ServiceContext,
+    route_kind: str,
+    ident: int,
+    rollup: str,
+    start: str,
+    end: str,
+    direction: str = "input",
 ) -> dict[str, Any] | None:
     """The answer of the route, or None for a subject aggregation does not know."""
     kind = KINDS[route_kind]
+    if direction == "output":
+        if kind not in OUTPUT_KINDS:
+            raise bad_request("direction", f"only {', '.join(OUTPUT_ROUTE_KINDS)} have output energy")
+        kind = output_kind(kind)
     async with ctx.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         described = await _describe(conn, kind, ident)
         if described is None:
@@ -276,6 +294,7 @@ async def subject_rollup(
     return {
         "kind": route_kind,
         "id": ident,
+        "direction": direction,
         "timezone": timezone,
         "stale": stale,
         "rebuilding": rebuilding,
@@ -292,16 +311,19 @@ async def subject_energy(
         description="Local date (daily, monthly, yearly) or instant with offset (hourly), inclusive"
     ),
     end: str = Query(description="Local date or instant with offset, exclusive"),
+    direction: Direction = Query(
+        "input", description="input (default) or output energy (space, equipment, combined equipment)"
+    ),
     ctx: ServiceContext = Depends(get_context),
 ) -> dict[str, Any]:
     """Energy, cost, kgce and kgco2e of a subject per period, energy category and energy item."""
-    answer = await subject_rollup(ctx, kind, ident, rollup, start, end)
+    answer = await subject_rollup(ctx, kind, ident, rollup, start, end, direction)
     if answer is None:
         # Perhaps created a moment ago: copy the registry's model once, then ask again.
         model = ctx.state.get("model")
         if model is not None:
             await model.sync_if_quiet()
-            answer = await subject_rollup(ctx, kind, ident, rollup, start, end)
+            answer = await subject_rollup(ctx, kind, ident, rollup, start, end, direction)
     if answer is None:
         raise not_found(kind, ident)
     return answer

@@ -8,7 +8,8 @@ registry shows them (404 otherwise). Reading what is in force needs only to see 
 A policy is checked against the device group's capacities and lives 1 s to 24 h. A plan's intervals are
 sorted, do not overlap, each within the capacities, none already over, reaching at most 31 days ahead, and do
 not overlap another plan of the same group (remove or replace that one first). A plan with the `schedule_id`
-of a live plan replaces it.
+of a live plan replaces it. An installation holds at most as many plans not yet finished as its `scheduling`
+license allows (services/command/entitlements.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 from libs.service import Principal, ProblemError, ServiceContext, get_context
 from proto_schemas.base import Timestamp
 from proto_schemas.control import DeviceGroup, Schedule
-from services.command import limits, registry, state
+from services.command import entitlements, limits, registry, state
 from services.command.common import (
     MEMBER_ROLES,
     OPERATOR,
@@ -241,7 +242,35 @@ async def put_schedule(
     only_own: bool = False,
 ) -> tuple[int, bool]:
     """Store a checked plan (replacing the live one with its id) and publish: (schedule version, replaced).
-    With `only_own`, a live plan of that id from another source is refused rather than replaced."""
+    With `only_own`, a live plan of that id from another source is refused rather than replaced. A new plan
+    beyond what the installation's scheduling license allows is refused (entitlements.PlanLimitReached)."""
+    limit = await entitlements.plan_limit(ctx, inst.instance_id)
+    try:
+        return await _put_schedule(
+            ctx, inst, plan, priority, at, limit,
+            requested_by=requested_by, request_id=request_id, only_own=only_own,
+        )  # fmt: skip
+    except entitlements.PlanLimitReached:
+        # The cached limit refuses: ask again (a license activated or upgraded just now counts at once).
+        fresh = await entitlements.plan_limit(ctx, inst.instance_id, fresh=True)
+        return await _put_schedule(
+            ctx, inst, plan, priority, at, fresh,
+            requested_by=requested_by, request_id=request_id, only_own=only_own,
+        )  # fmt: skip
+
+
+async def _put_schedule(
+    ctx: ServiceContext,
+    inst: registry.Installation,
+    plan: Schedule,
+    priority: int,
+    at: datetime,
+    limit: entitlements.PlanLimit,
+    *,
+    requested_by: str,
+    request_id: str | None = None,
+    only_own: bool = False,
+) -> tuple[int, bool]:
     instance_id = inst.instance_id
     async with ctx.db.acquire() as conn, conn.transaction():
         locked = await state.lock(conn, inst)
@@ -262,6 +291,7 @@ async def put_schedule(
                 " cannot replace it",
             )
         await _check_overlaps(conn, instance_id, plan, existing["id"] if existing else None)
+        await entitlements.check(conn, instance_id, existing["id"] if existing else None, limit)
         if existing is not None:
             control_changed = (
                 await state.end_schedule(conn, existing["id"], at, "replaced", requested_by)

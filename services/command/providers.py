@@ -36,7 +36,7 @@ from proto_schemas import topics
 from proto_schemas.control import Policy, Schedule
 from proto_schemas.onboarding import ProviderLinkChanged
 from proto_schemas.provider_control import LiveRequest, ProviderAck, ProviderState, ScheduleRequest
-from services.command import control, limits, registry, state
+from services.command import control, entitlements, limits, registry, state
 from services.command.common import PROVIDER, now
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ async def handle_schedule(
             await control.put_schedule(
                 ctx, inst, plan, PROVIDER, at, requested_by=source, request_id=req.request_id, only_own=True
             )
+        except entitlements.PlanLimitReached as exc:
+            raise Rejected(f"plan limit of the license: {exc.reason}") from exc
         except state.Refused as exc:
             prefix = "overlapping intervals: " if "overlaps" in exc.reason else "lower priority: "
             raise Rejected(prefix + exc.reason) from exc

@@ -67,7 +67,8 @@ RULES: dict[str, Rule] = {
     # fleet health
     "fleet": Rule(STAFF, ()),
     # reports and control
-    "reports": Rule(STAFF, ()),
+    # owners and guests too: the reporting service narrows them to the installations sharing their reports
+    "reports": Rule(EVERYONE, ()),
     "commands": Rule(STAFF, STEERING),
     "commandruns": Rule(STAFF, ()),
     "providers": Rule(STAFF, ADMINS),

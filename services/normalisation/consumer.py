@@ -7,8 +7,9 @@ the point's register, reset, replaced meter, gaps); a late reading that lands be
 their interval, which is withdrawn (sent negated) while the two new ones are added. An interval implying more
 than the point's `higher_limit` per hour is a spike: it goes downstream with energy 0 and quality SUSPECT,
 and its energy waits in `held_intervals` until someone confirms it (services/normalisation/held.py) or later
-readings replace the interval. Intervals go to aggregation inside the storing transaction, so a crash loses
-nothing and a redelivery (all rows known already) emits nothing new.
+readings replace the interval (its SUSPECT interval is then withdrawn too, so the quality downstream
+follows). Intervals go to aggregation inside the storing transaction, so a crash loses nothing and a
+redelivery (all rows known already) emits nothing new.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from libs.logs import correlation_id
 from libs.service import ServiceContext
 from proto_schemas import topics
 from proto_schemas.pipeline import EnergyIntervalBatch, RawReadingBatch
+from proto_schemas.quality import Quality
 from services.normalisation.energy import (
     Changes,
     EnergyInterval,
@@ -97,13 +99,28 @@ WITH hit AS (
     FROM held_intervals h
     JOIN unnest($1::int[], $2::bigint[], $3::bigint[]) AS w(p, s, e)
       ON h.point_id = w.p AND h.start_ms = w.s AND h.end_ms = w.e
-    WHERE h.status IN ('held', 'confirmed')
+    WHERE h.status IN ('held', 'confirmed', 'rejected')
     FOR UPDATE OF h
 ), done AS (
     UPDATE held_intervals h SET status = 'superseded', superseded_at = now() FROM hit WHERE h.id = hit.id
 )
 SELECT point_id, start_ms, end_ms, energy, status FROM hit
 """
+
+
+def withdraw_suspect(held: dict[tuple[int, int], tuple[float, str]] | None) -> list[EnergyInterval]:
+    """Withdraw the 0-energy SUSPECT intervals sent for superseded held intervals still held or rejected.
+
+    ``energy.settle`` cancels the energy sent for them (none); this cancels their quality, so aggregation's
+    quality ledger no longer counts them and the quarter takes the quality of the intervals replacing them.
+    A confirmed one had its SUSPECT interval withdrawn when it was confirmed (services/normalisation/held.py).
+    """
+    return [
+        EnergyInterval(start, end, -0.0, Quality.SUSPECT)
+        for (start, end), (_energy, status) in sorted((held or {}).items())
+        if status in ("held", "rejected")
+    ]
+
 
 # (point_id, raw interval, reason) of an interval to hold
 Hold = tuple[int, EnergyInterval, str]
@@ -183,6 +200,7 @@ class Normalisation:
                 holds: list[Hold] = []
                 for info, change in changes:
                     outcome = settle(change, held.get(info.id), max_energy_per_hour(info))
+                    intervals.extend((info.id, iv) for iv in withdraw_suspect(held.get(info.id)))
                     intervals.extend((info.id, iv) for iv in outcome.send)
                     holds.extend((info.id, iv, reason) for iv, reason in outcome.hold)
                 if holds:

@@ -4,7 +4,8 @@ Internal routes (sibling services and the gateway, with the internal token):
 
 * ``GET  /internal/held`` lists held intervals (filter by ``status``, ``point_id``);
 * ``POST /internal/held/{id}/confirm`` sends the held energy on to aggregation as a new interval batch,
-  quality MANUAL, and marks it confirmed. Confirming again answers the same and sends nothing more; the
+  quality MANUAL, withdrawing in the same batch the 0-energy SUSPECT interval sent for it (so the quality
+  aggregation derives becomes MANUAL), and marks it confirmed. Confirming again answers the same and sends nothing more; the
   batch id is derived from the held id, so even a resend after a crash is applied once.
 * ``POST /internal/held/{id}/reject`` marks it rejected: the interval stays counted as 0, the row stays.
 
@@ -98,14 +99,16 @@ async def _resolve(ctx: ServiceContext, held_id: int, to: Status, who: str | Non
         )
         assert row is not None
         if to == "confirmed":
+            # The interval that went as 0, SUSPECT is withdrawn (-0.0: the sign says so) and the confirmed
+            # energy added, so aggregation's quality ledger leaves the interval MANUAL, not SUSPECT.
             batch = EnergyIntervalBatch(
                 batch_id=confirm_batch_id(held_id),
                 correlation_id=correlation_id.get() or new_correlation_id(),
-                point_ids=[row["point_id"]],
-                start_ms=[row["start_ms"]],
-                end_ms=[row["end_ms"]],
-                energy=[row["energy"]],
-                quality=[int(Quality.MANUAL)],
+                point_ids=[row["point_id"]] * 2,
+                start_ms=[row["start_ms"]] * 2,
+                end_ms=[row["end_ms"]] * 2,
+                energy=[-0.0, row["energy"]],
+                quality=[int(Quality.SUSPECT), int(Quality.MANUAL)],
             )
             # Inside the transaction: if the commit fails the row stays held and a retry sends the same batch.
             await ctx.mqtt.publish(topics.ENERGY_INTERVALS, batch)

@@ -35,7 +35,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Query
 from fastapi.responses import Response
 
-from libs.service import ProblemError, ServiceContext, bad_request, not_found
+from libs.service import (
+    Principal,
+    ProblemError,
+    ServiceContext,
+    bad_request,
+    current_principal_header,
+    not_found,
+)
 from proto_schemas.quality import Quality
 from services.reporting.export import Block, Sheet, to_csv, to_xlsx, xlsx_base64
 from services.reporting.periods import PERIOD_TYPES, PeriodType, bucket_ranges, format_local, resolve_local
@@ -234,14 +241,46 @@ class Subject:
         return out
 
 
+SHARED_READERS = ("owner", "guest")  # roles that read only the reports their installations share
+
+
+async def shared_scope(ctx: ServiceContext) -> dict[str, Any] | None:
+    """For an owner or guest: the root spaces and subjects (by kind) of the installations they own or that
+    share reports with them (seed 000 "share reports"), and those of the installations that do not
+    (``withheld``). None for staff, who see every subject of their provider."""
+    principal = Principal.from_header(current_principal_header.get())
+    if principal is None or principal.role not in SHARED_READERS:
+        return None
+    scope = await _get(ctx, "registry", "/internal/reportscope")
+    if scope is None:
+        raise ProblemError(502, "Upstream error", "the registry did not answer")
+    return dict(scope)
+
+
+def within(scope: dict[str, Any] | None, kind: str, ident: int) -> bool:
+    """Whether an owner or guest may read a subject's reports (staff always): True when an installation of
+    theirs shares it; 403 when it is in one of theirs that does not; False (a 404) when it is not theirs."""
+    if scope is None or ident in scope["subjects"].get(kind, []):
+        return True
+    if ident in scope["withheld"].get(kind, []):
+        raise ProblemError(
+            403, "Forbidden", f"this installation does not share its reports with you ({kind})"
+        )
+    return False
+
+
 async def load_subject(ctx: ServiceContext, kind: str, key: str) -> Subject:
-    """The subject by id or uuid as the caller may see it; 404 when it does not exist or is not theirs."""
+    """The subject by id or uuid as the caller may see it; 404 when it does not exist or is not theirs (for
+    owners and guests: not in an installation of theirs that shares its reports, see ``shared_scope``)."""
+    scope = await shared_scope(ctx)
     response = await ctx.call("registry", "GET", f"/internal/reportsubjects/{kind}/{key}")
     if response.status_code == 404:
         raise not_found(kind, key)
     if response.status_code != 200:
         raise ProblemError(502, "Upstream error", "the registry did not answer")
     raw = dict(response.json())
+    if not within(scope, kind, int(raw["id"])):
+        raise not_found(kind, key)
     try:
         tz = ZoneInfo(raw["timezone"])
     except (ZoneInfoNotFoundError, ValueError):

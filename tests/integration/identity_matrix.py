@@ -55,7 +55,8 @@ ACCESS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # installations: owners and guests read theirs; guests never change one (except leaving it, below)
     "instances": (_EVERYONE, _STAFF | {"owner"}),
     # reports and control
-    "reports": (_STAFF, _NOBODY),
+    # owners and guests read the reports their installations share (services/reporting narrows them)
+    "reports": (_EVERYONE, _NOBODY),
     "commands": (_STAFF, _STEERING),
     "commandruns": (_STAFF, _NOBODY),
     "providers": (_STAFF, _ADMINS),

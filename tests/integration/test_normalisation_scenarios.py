@@ -24,6 +24,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 G, E, RS, RO, S = (
     int(q) for q in (Quality.GOOD, Quality.ESTIMATED, Quality.RESET, Quality.ROLLOVER, Quality.SUSPECT)
 )
+M = int(Quality.MANUAL)
 
 
 def ms(moment: datetime) -> int:
@@ -228,8 +229,8 @@ async def test_spike_is_held_until_confirmed(platform: Platform) -> None:
         result = await eventually(
             lambda: hourly(platform, site.meters["main"]), lambda h: h[hours[1]][0] == 1_000.0
         )
-        # The hour keeps the worst quality it has seen (suspect); its energy is now counted.
-        assert result == {hours[0]: (40.0, G), hours[1]: (1_000.0, S), hours[2]: (40.0, G)}
+        # Its energy is now counted, MANUAL: the confirmation withdrew the SUSPECT interval.
+        assert result == {hours[0]: (40.0, G), hours[1]: (1_000.0, M), hours[2]: (40.0, G)}
 
         again = await client.post(f"/internal/held/{held['id']}/confirm")
         assert again.status_code == 200 and again.json()["status"] == "confirmed"
@@ -243,7 +244,7 @@ async def test_spike_is_held_until_confirmed(platform: Platform) -> None:
     # A marker in a later hour: once it is in, a second confirmation would have arrived too.
     await publish(platform, site, [[(t + timedelta(hours=4), 2_120.0)]])
     result = await eventually(lambda: hourly(platform, site.meters["main"]), lambda h: len(h) == 4)
-    assert result[hours[1]] == (1_000.0, S)
+    assert result[hours[1]] == (1_000.0, M)
 
 
 async def test_a_late_reading_supersedes_a_held_spike(platform: Platform) -> None:
@@ -260,7 +261,7 @@ async def test_a_late_reading_supersedes_a_held_spike(platform: Platform) -> Non
         result = await eventually(
             lambda: hourly(platform, site.meters["main"]), lambda h: h[iso(t)][0] == 150.0
         )
-        assert result == {iso(t): (150.0, S)}  # the hour keeps the worst quality it has seen
+        assert result == {iso(t): (150.0, G)}  # the held SUSPECT interval is withdrawn with it
         (after,) = (await client.get("/internal/held", params={"point_id": site.points["main"]})).json()
         assert after["status"] == "superseded" and after["superseded_at"] is not None
         assert (await client.post(f"/internal/held/{held['id']}/confirm")).status_code == 409

@@ -143,6 +143,62 @@ _SUBJECTS: dict[str, tuple[str, str | None, tuple[tuple[str, str, str, bool], ..
 _LEAF_TABLES = {"meter": "meters", "offlinemeter": "offline_meters", "virtualmeter": "virtual_meters"}
 
 
+@router.get("/reportscope")
+async def report_scope(ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
+    """What the calling owner or guest may read reports of (seed 000 "share reports"): the root spaces of
+    the installations they own or that share reports with them, and the subjects in those spaces (the spaces
+    below the roots and what is bound to them, by kind); ``withheld``: the same for installations where they
+    are a guest without ``share_reports``."""
+    found: dict[str, Any] = {}
+    for name, shared in (("subjects", True), ("withheld", False)):
+        roots = [
+            r["root_space_id"]
+            for r in await ctx.db.fetch(
+                "SELECT DISTINCT i.root_space_id FROM instances i JOIN instance_users iu"
+                " ON iu.instance_id = i.id WHERE iu.user_id = gf_user() AND i.root_space_id IS NOT NULL"
+                " AND (iu.role = 'owner' OR iu.share_reports) = $1 ORDER BY 1",
+                shared,
+            )
+        ]
+        spaces = [
+            r["id"]
+            for r in await ctx.db.fetch(
+                "WITH RECURSIVE down(id) AS (SELECT unnest($1::bigint[]) UNION SELECT s.id FROM spaces s"
+                " JOIN down d ON s.parent_space_id = d.id) SELECT id FROM down ORDER BY id",
+                roots,
+            )
+        ]
+        subjects: dict[str, list[int]] = {"space": spaces}
+        for kind, (_, zone_link, _, _) in _SUBJECTS.items():
+            if zone_link is None:
+                continue
+            own = {"combinedequipment": "combined_equipment_id", "virtualmeter": "virtual_meter_id",
+                   "offlinemeter": "offline_meter_id"}.get(kind, f"{kind}_id")  # fmt: skip
+            subjects[kind] = [
+                r["id"]
+                for r in await ctx.db.fetch(
+                    f"SELECT DISTINCT l.{own} AS id FROM {zone_link} l WHERE l.space_id = ANY($1::bigint[])"
+                    " ORDER BY 1",
+                    spaces,
+                )
+            ]
+        # and the meters of those equipment, tenants, stores and shopfloors
+        for kind, (_, zone_link, leaves, _) in _SUBJECTS.items():
+            if zone_link is None or not subjects.get(kind):
+                continue
+            own = {"combinedequipment": "combined_equipment_id"}.get(kind, f"{kind}_id")
+            for leaf, link, leaf_column, _ in leaves:
+                bound = await ctx.db.fetch(
+                    f"SELECT DISTINCT {leaf_column} AS id FROM {link} WHERE {own} = ANY($1::bigint[])",
+                    subjects[kind],
+                )
+                subjects[leaf] = sorted({*subjects[leaf], *(r["id"] for r in bound)})
+        found[name] = subjects
+        if shared:
+            found["roots"] = roots
+    return found
+
+
 @router.get("/reportsubjects/{kind}/{key}")
 async def report_subject(kind: str, key: str, ctx: ServiceContext = Depends(get_context)) -> dict[str, Any]:
     """A report's subject as the caller may see it, by id or uuid: name, zone, the meters (plain, offline,

@@ -19,6 +19,7 @@ from services.reporting.framework import (
     respond,
     series_of,
     series_section,
+    shared_scope,
     today_local,
 )
 
@@ -34,14 +35,19 @@ async def dashboard(
     query: ReportQuery = Depends(report_query),
     ctx: ServiceContext = Depends(get_context),
 ) -> Any:
-    """Each top-level space the caller may see (at most 50), with its energy per category over the reporting
+    """Each top-level space the caller may see (at most 50; for an owner or guest, the root space of each
+    installation that shares its reports with them), with its energy per category over the reporting
     period (default: this local year by month) against the base period (default: last year)."""
     if query.reporting_start or query.reporting_end:
         resolve_periods(query, ZoneInfo("UTC"))  # checked once, whatever spaces there are
-    response = await ctx.call("registry", "GET", "/spaces/tree")
-    if response.status_code != 200:
-        raise ProblemError(502, "Upstream error", "the registry did not answer")
-    roots = list(response.json())[:MAX_SPACES]
+    scope = await shared_scope(ctx)
+    if scope is not None:  # an owner or guest: the root spaces of the installations sharing their reports
+        roots = [{"id": ident} for ident in scope["roots"]][:MAX_SPACES]
+    else:
+        response = await ctx.call("registry", "GET", "/spaces/tree")
+        if response.status_code != 200:
+            raise ProblemError(502, "Upstream error", "the registry did not answer")
+        roots = list(response.json())[:MAX_SPACES]
     spaces: list[dict[str, Any]] = []
     sheet = Sheet("dashboard", "spaces", "", query.language)
     for root in roots:

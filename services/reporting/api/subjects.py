@@ -49,7 +49,9 @@ from services.reporting.framework import (
     series_blocks,
     series_of,
     series_section,
+    shared_scope,
     subject_key,
+    within,
 )
 from services.reporting.periods import bucket_ranges, format_local
 
@@ -395,7 +397,7 @@ for _kind, _reports in REPORTS.items():
 async def _space_members(ctx: ServiceContext, space_id: int, kind: str) -> list[dict[str, Any]]:
     collection = {"equipment": "equipments", "combinedequipment": "combinedequipments"}[kind]
     space = await ctx.call("registry", "GET", f"/spaces/{space_id}")
-    if space.status_code == 404:
+    if space.status_code == 404 or not within(await shared_scope(ctx), "space", space_id):
         raise not_found("space", space_id)
     response = await ctx.call("registry", "GET", f"/spaces/{space_id}/{collection}")
     if response.status_code != 200:
