@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from proto_schemas.deadletter import DeadLetter, error_list
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 MESSAGES = Counter(
     "gridfleet_bus_messages_total",
@@ -78,12 +80,13 @@ class Rejected(Exception):
 
 
 @dataclass(slots=True)
-class Delivery(Generic[M]):
-    """One message handed to a handler, validated against its subscription's model."""
+class Delivery(Generic[T]):
+    """One message handed to a handler, validated against its subscription's model (or decoded by its
+    subscription's decoder)."""
 
     topic: str  # without the run's topic prefix
     payload: bytes
-    model: M
+    model: T
     received_at: float
     _rejection: Rejected | None = field(default=None, repr=False)
 
@@ -107,6 +110,8 @@ class _Subscription:
     handler: Handler
     shared: bool
     batch_max: int
+    decode: Callable[[bytes], Any] | None = None
+    prefetch: bool = False
     queue: asyncio.Queue[tuple[aiomqtt.Message, int]] = field(default_factory=asyncio.Queue)
 
 
@@ -171,6 +176,34 @@ class Bus:
             )
         )
 
+    def subscribe_decoded(
+        self,
+        topic_filter: str,
+        model: type[BaseModel],
+        decode: Callable[[bytes], T],
+        handler: Callable[[list[Delivery[T]]], Awaitable[None]],
+        *,
+        shared: bool = True,
+        batch_max: int = 1,
+        name: str | None = None,
+        prefetch: bool = False,
+    ) -> None:
+        """Like `subscribe`, with a faster decoder standing in for `model` (a hot path): `decode` must accept
+        what `model` accepts and raise `model`'s ValidationError for the rest (dead-lettered as invalid).
+        `prefetch` decodes the next batch while the handler works on the current one."""
+        self._subscriptions.append(
+            _Subscription(
+                name=name or topic_filter,
+                topic_filter=topic_filter,
+                model=model,
+                handler=handler,
+                shared=shared,
+                batch_max=batch_max,
+                decode=decode,
+                prefetch=prefetch,
+            )
+        )
+
     # -- lifecycle ------------------------------------------------------------------------------------
     async def __aenter__(self) -> Bus:
         await self.start()
@@ -222,6 +255,9 @@ class Bus:
                 keepalive=30,
                 timeout=30,
                 max_inflight_messages=1000,
+                # Nagle's algorithm off: a small packet written while an earlier one is unacknowledged would
+                # otherwise wait for the broker's delayed ACK (~40 ms per exchange).
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             )
             # Acknowledge only after the handler is done (at-least-once end to end).
             client._client.manual_ack_set(True)
@@ -268,15 +304,40 @@ class Bus:
             self._client._client.ack(message.mid, message.qos)
 
     # -- consuming ------------------------------------------------------------------------------------
+    async def _next_batch(self, sub: _Subscription) -> list[tuple[aiomqtt.Message, int]]:
+        first = await sub.queue.get()
+        batch = [first]
+        while len(batch) < sub.batch_max and not sub.queue.empty():
+            batch.append(sub.queue.get_nowait())
+        return batch
+
     async def _consume(self, sub: _Subscription) -> None:
+        if sub.prefetch:
+            return await self._consume_prefetching(sub)
         while True:
-            first = await sub.queue.get()
-            batch = [first]
-            while len(batch) < sub.batch_max and not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
-            await self._handle_batch(sub, batch)
+            await self._handle_batch(sub, await self._next_batch(sub))
+
+    async def _consume_prefetching(self, sub: _Subscription) -> None:
+        """Decode the next batch while the handler works on this one (it mostly waits for the database).
+        Handler calls stay one at a time and in order; at most one decoded batch waits beside the running one."""
+        running: asyncio.Task[None] | None = None
+        try:
+            while True:
+                deliveries, carriers = await self._decode_batch(sub, await self._next_batch(sub))
+                if running is not None:
+                    await running
+                running = asyncio.create_task(self._finish_batch(sub, deliveries, carriers))
+        finally:
+            if running is not None:
+                running.cancel()
 
     async def _handle_batch(self, sub: _Subscription, batch: list[tuple[aiomqtt.Message, int]]) -> None:
+        await self._finish_batch(sub, *await self._decode_batch(sub, batch))
+
+    async def _decode_batch(
+        self, sub: _Subscription, batch: list[tuple[aiomqtt.Message, int]]
+    ) -> tuple[list[Delivery[Any]], list[tuple[aiomqtt.Message, int]]]:
+        """Validate each message; an invalid one goes to the dead-letter topic and is acknowledged at once."""
         deliveries: list[Delivery[Any]] = []
         carriers: list[tuple[aiomqtt.Message, int]] = []
         now = time.time()
@@ -284,8 +345,8 @@ class Bus:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             topic = self.local_topic(message.topic.value)
             try:
-                from_wire = getattr(sub.model, "from_wire", None)
-                model = from_wire(payload) if from_wire else sub.model.model_validate_json(payload)
+                decode = sub.decode or getattr(sub.model, "from_wire", None)
+                model = decode(payload) if decode else sub.model.model_validate_json(payload)
             except ValidationError as exc:
                 await self.dead_letter(topic, payload, f"invalid {sub.model.__name__}", error_list(exc))
                 MESSAGES.labels(self.service, sub.name, "invalid").inc()
@@ -293,6 +354,15 @@ class Bus:
                 continue
             deliveries.append(Delivery(topic=topic, payload=payload, model=model, received_at=now))
             carriers.append((message, generation))
+        return deliveries, carriers
+
+    async def _finish_batch(
+        self,
+        sub: _Subscription,
+        deliveries: list[Delivery[Any]],
+        carriers: list[tuple[aiomqtt.Message, int]],
+    ) -> None:
+        """Run the handler, dead-letter what it rejected, then acknowledge (at-least-once)."""
         if deliveries:
             await self._run_handler(sub, deliveries)
         for delivery in deliveries:

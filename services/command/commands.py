@@ -329,32 +329,36 @@ async def send_command(
     """Send the command: a run is recorded QUEUED and published to the controller at QoS 1. Follow it at
     `GET /commandruns/{id}`. The substituted payload must be a JSON object, else 400."""
     d = body.data if body is not None else SendIn()
-    row = await _fetch(ctx, request, command_id)
-    value = d.set_value if d.set_value is not None else row["set_value"]
-    try:
-        payload = templates.render(row["payload"], value)
-    except templates.TemplateError as exc:
-        field = "set_value" if templates.uses_value(row["payload"]) and value is None else "payload"
-        raise invalid(field, str(exc)) from exc
-    principal = caller(request)
-    run_id, queued = uuid.uuid4(), now()
-    expires_in = d.expires_in_s or row["expires_in_s"]
-    await ctx.db.execute(
-        "INSERT INTO command_runs (id, command_id, command_name, provider_id, gateway_id, gateway_uuid, topic,"
-        " payload, set_value, requested_by, requested_by_uuid, timeout_s, expires_at, queued_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
-        run_id, row["id"], row["name"], row["provider_id"], row["gateway_id"], row["gateway_uuid"], row["topic"],
-        payload, value if templates.uses_value(row["payload"]) else None,
-        principal.name if principal else "system", principal.user_uuid if principal else None,
-        d.timeout_s or row["timeout_s"], queued + timedelta(seconds=expires_in), queued,
-    )  # fmt: skip
-    message = Command(
-        command_id=str(run_id),
-        name=row["name"][:255],
-        payload=payload,
-        expires_at=queued + timedelta(seconds=expires_in),
-    )
-    await runs.publish_fresh(ctx, run_id, row["topic"], message, wait_s=2.0)
+    # One connection for the whole send: every pool call of its own would add the pool's reset round trip.
+    async with ctx.db.acquire() as conn:
+        row = await conn.fetchrow(_SELECT + " AND c.id = $3", *_visible(caller(request)), command_id)
+        if row is None:
+            raise not_found("command", command_id)
+        value = d.set_value if d.set_value is not None else row["set_value"]
+        try:
+            payload = templates.render(row["payload"], value)
+        except templates.TemplateError as exc:
+            field = "set_value" if templates.uses_value(row["payload"]) and value is None else "payload"
+            raise invalid(field, str(exc)) from exc
+        principal = caller(request)
+        run_id, queued = uuid.uuid4(), now()
+        expires_in = d.expires_in_s or row["expires_in_s"]
+        await conn.execute(
+            "INSERT INTO command_runs (id, command_id, command_name, provider_id, gateway_id, gateway_uuid, topic,"
+            " payload, set_value, requested_by, requested_by_uuid, timeout_s, expires_at, queued_at)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+            run_id, row["id"], row["name"], row["provider_id"], row["gateway_id"], row["gateway_uuid"], row["topic"],
+            payload, value if templates.uses_value(row["payload"]) else None,
+            principal.name if principal else "system", principal.user_uuid if principal else None,
+            d.timeout_s or row["timeout_s"], queued + timedelta(seconds=expires_in), queued,
+        )  # fmt: skip
+        message = Command(
+            command_id=str(run_id),
+            name=row["name"][:255],
+            payload=payload,
+            expires_at=queued + timedelta(seconds=expires_in),
+        )
+        await runs.publish_fresh(ctx, run_id, row["topic"], message, wait_s=2.0, conn=conn)
     return {"id": str(run_id), "status": "QUEUED"}
 
 

@@ -8,6 +8,7 @@ document assembled from every service's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import re
@@ -22,6 +23,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.background import BackgroundTask
 
 from libs.bus import Bus, Delivery
 from libs.logs import configure_logging, correlation_id
@@ -129,11 +131,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if any(d.model.entity in ("user", "api_key", "provider") for d in deliveries):
             authenticator.forget_all()
 
-    async def audit(event: AuditEvent) -> None:
+    async def audit(event: AuditEvent, answered: asyncio.Event) -> None:
+        # The publish waits for the answer to have gone out so it never delays it; should the answer never go
+        # out (the client went away), it is published after a second all the same.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered.wait(), 1.0)
         try:
             await ctx.mqtt.publish(topics.AUDIT, event, wait_s=10)
         except Exception:
             log.error("audit event not published", extra={"fields": {"object": event.object}})
+
+    async def mark_answered(answered: asyncio.Event) -> None:
+        answered.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -250,6 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Passwords, users and keys changed through this gateway end cached sessions at once; other gateway
             # replicas hear of it on the bus a moment later.
             authenticator.forget_all()
+        background: BackgroundTask | None = None
         if request.method != "GET" or path.split("/", 1)[0] == "data":  # Data API reads are audited too
             event = AuditEvent(
                 event_key=uuid.uuid4().hex,
@@ -263,12 +273,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 source_address=address[:64],
                 correlation_id=correlation_id.get(),
             )
-            task = asyncio.create_task(audit(event))
+            # Tracked from now on (a stopping gateway waits for it); published once the response is sent.
+            answered = asyncio.Event()
+            task = asyncio.create_task(audit(event, answered))
             audit_tasks.add(task)
             task.add_done_callback(audit_tasks.discard)
+            background = BackgroundTask(mark_answered, answered)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
         if "location" in out_headers and out_headers["location"].startswith("/"):
             out_headers["location"] = f"{API_PREFIX}{out_headers['location']}"
-        return Response(content=upstream.content, status_code=upstream.status_code, headers=out_headers)
+        return Response(
+            content=upstream.content,
+            status_code=upstream.status_code,
+            headers=out_headers,
+            background=background,
+        )
 
     return app

@@ -10,7 +10,9 @@ task each), and on a signal publish the same history at once: every point at `GR
 one-minute timestamps, about 100 readings per message, QoS 1, a window of messages in flight per gateway.
 The pipeline figure is the readings stored in `<schema>.raw_readings` divided by the time from the signal to
 the last of them stored. The ceiling replays the same payloads over the same connections to one subscriber
-that parses each message and counts its readings.
+that parses each message and counts its readings. The CPU each component used during the pipeline run is
+printed too, PostgreSQL's charged to the service whose connection each backend serves (`postgres <- service`)
+and the rest of the server apart (`postgres (other)`: on a shared machine, other people's work).
 
 Sizes: GRIDFLEET_BENCH_GATEWAYS (1000) x GRIDFLEET_BENCH_GATEWAY_POINTS (10 ENERGY points) x
 GRIDFLEET_BENCH_FLEET_STEPS (100) readings.
@@ -19,6 +21,7 @@ GRIDFLEET_BENCH_FLEET_STEPS (100) readings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -73,20 +76,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def local_ports(pid: int) -> set[int]:
+    """Local TCP ports of a process's sockets (Linux /proc)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def backends_by_service(processes: ServiceProcesses, database_url: str) -> dict[int, str]:
+    """PostgreSQL backend pid -> the service whose connection it serves (matched by the client's TCP port), so
+    the database's CPU is charged to the services that caused it, apart from other users of the server."""
+    owner = {port: name for name, proc in processes.procs.items() for port in local_ports(proc.pid)}
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL")
+    finally:
+        await conn.close()
+    return {row["pid"]: owner[row["client_port"]] for row in rows if row["client_port"] in owner}
+
+
 def cpu_by_component(
-    processes: ServiceProcesses | None, simulators: list[int], broker: int
+    processes: ServiceProcesses | None,
+    simulators: list[int],
+    broker: int,
+    backends: dict[int, str] | None = None,
 ) -> dict[str, float]:
     """CPU seconds so far per service process, the simulators, the broker, this process, and each PostgreSQL
-    process (`postgres/<pid>`: deltas are taken per process, so backends that come and go do not skew them)."""
+    process (`postgres <- service/<pid>` for the platform's own backends, `postgres (other)/<pid>` for the
+    rest of the server: deltas are taken per process, so backends that come and go do not skew them)."""
     out = {name: cpu_seconds(proc.pid) for name, proc in (processes.procs.items() if processes else [])}
     out["simulators"] = sum(cpu_seconds(pid) for pid in simulators)
     out["mosquitto"] = cpu_seconds(broker)
     out["pytest (counting)"] = cpu_seconds(os.getpid())
+    backends = backends or {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    out[f"postgres/{entry.name}"] = cpu_seconds(int(entry.name))
+                    service = backends.get(int(entry.name))
+                    name = f"postgres <- {service}" if service else "postgres (other)"
+                    out[f"{name}/{entry.name}"] = cpu_seconds(int(entry.name))
             except OSError:
                 continue
     return out
@@ -95,7 +136,7 @@ def cpu_by_component(
 def cpu_line(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
     spent: dict[str, float] = {}
     for name, value in after.items():
-        key = "postgres (whole server)" if name.startswith("postgres/") else name
+        key = name.split("/", 1)[0] if name.startswith("postgres") else name
         spent[key] = spent.get(key, 0.0) + max(0.0, value - before.get(name, 0.0))
     busy = sorted((n for n in spent if spent[n] >= 0.05), key=lambda n: -spent[n])
     total = sum(spent[n] for n in busy)
@@ -417,7 +458,8 @@ async def test_fleet_throughput(secure_bench_broker: SecureBroker, infra: Infra,
                 if time.monotonic() > deadline:
                     pytest.fail("the gateways' status and health were not all stored within 120 s")
                 await asyncio.sleep(0.5)
-            before = cpu_by_component(processes, sims.pids(), broker.pid)
+            backends = await backends_by_service(processes, infra.database_url)
+            before = cpu_by_component(processes, sims.pids(), broker.pid, backends)
             handler_before = await handler_metrics(processes.url("ingestion"))
             inserted_before = await inserted()
             dead_letters_before = await dead_letter_count(processes, env)
@@ -445,7 +487,7 @@ async def test_fleet_throughput(secure_bench_broker: SecureBroker, infra: Infra,
                 await asyncio.sleep(0.2)
             finished = time.time()
             load_after = os.getloadavg()[0]
-            after = cpu_by_component(processes, sims.pids(), broker.pid)
+            after = cpu_by_component(processes, sims.pids(), broker.pid, backends)
             handler_after = await handler_metrics(processes.url("ingestion"))
             await sims.wait_done(60)
             dead_letters = await dead_letter_count(processes, env) - dead_letters_before
