@@ -104,6 +104,14 @@ def report_query(
         raise bad_request("language", f"language must be one of {', '.join(LANGUAGES)}")
     if format not in FORMATS:
         raise bad_request("format", f"format must be one of {', '.join(FORMATS)}")
+    # Malformed times are the caller's error whatever the subject: answer 400 before looking it up.
+    for name, value in (
+        ("reportingperiodstartdatetime", reportingperiodstartdatetime),
+        ("reportingperiodenddatetime", reportingperiodenddatetime),
+        ("baseperiodstartdatetime", baseperiodstartdatetime),
+        ("baseperiodenddatetime", baseperiodenddatetime),
+    ):
+        parse_local(value, name)
     return ReportQuery(
         periodtype,
         reportingperiodstartdatetime,
