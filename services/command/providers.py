@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -360,21 +361,37 @@ async def load_links(ctx: ServiceContext) -> None:
 
 # -- acknowledgements after the first, and the retained state -----------------------------------------
 
-_PENDING_POLICIES = """
-SELECT policy_id, instance_id, grp, source, request_id, applied_at, applied_acked_at, ended_at, end_reason,
-       ended_by, end_acked_at
-FROM policies WHERE request_id IS NOT NULL
-  AND ((applied_at IS NOT NULL AND applied_acked_at IS NULL) OR (ended_at IS NOT NULL AND end_acked_at IS NULL))
-ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED
-"""
 
-_PENDING_PLANS = """
-SELECT id, instance_id, grp, schedule_id, source, request_id, stored_at, stored_acked_at, ended_at, end_reason,
-       ended_by, end_acked_at
-FROM schedules WHERE request_id IS NOT NULL
-  AND ((stored_at IS NOT NULL AND stored_acked_at IS NULL) OR (ended_at IS NOT NULL AND end_acked_at IS NULL))
+@dataclass(frozen=True)
+class _Pending:
+    """Provider requests (live policies or plans) whose `applied` or ending ack is still to be sent."""
+
+    select: str  # rows as key, instance_id, grp, source, request_id, ref, done_at, done_acked_at, ended_*
+    mark: str  # SQL marking the rows $1 as acknowledged at $2
+    ref: str  # the ack's field naming the request's object: policy_id or schedule_id
+    natural: str  # the end_reason of a natural end: expired or finished
+
+
+def _pending(table: str, key: str, ref: str, done: str, natural: str) -> _Pending:
+    select = f"""
+SELECT {key} AS key, instance_id, grp, source, request_id, {ref}::text AS ref, {done}_at AS done_at,
+       {done}_acked_at AS done_acked_at, ended_at, end_reason, ended_by, end_acked_at
+FROM {table} WHERE request_id IS NOT NULL
+  AND (({done}_at IS NOT NULL AND {done}_acked_at IS NULL) OR (ended_at IS NOT NULL AND end_acked_at IS NULL))
 ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED
 """
+    mark = (
+        f"UPDATE {table} SET {done}_acked_at = CASE WHEN {done}_at IS NOT NULL OR ended_at IS NOT NULL"
+        f" THEN coalesce({done}_acked_at, $2) END, end_acked_at = CASE WHEN ended_at IS NOT NULL"
+        f" THEN coalesce(end_acked_at, $2) END WHERE {key} = ANY($1)"
+    )
+    return _Pending(select, mark, ref, natural)
+
+
+_PENDING = (
+    _pending("policies", "policy_id", "policy_id", "applied", "expired"),
+    _pending("schedules", "id", "schedule_id", "stored", "finished"),
+)
 
 
 def _ending(reason: str | None, natural: str, ended_by: str | None) -> tuple[str, str]:
@@ -395,54 +412,28 @@ async def sweep_acks_once(ctx: ServiceContext) -> int:
     sent = 0
     async with ctx.db.acquire() as conn, conn.transaction():
         at = now()
-        for row in await conn.fetch(_PENDING_POLICIES):
-            provider = _provider(row["source"])
-            base = {"request_id": row["request_id"], "group": row["grp"], "policy_id": str(row["policy_id"])}
-            if (
-                provider is not None
-                and row["applied_at"] is not None
-                and row["applied_acked_at"] is None
-                and row["end_acked_at"] is None
-            ):
-                await send_ack(ctx, provider, row["instance_id"], ProviderAck(status="applied", **base))
-                sent += 1
-            if provider is not None and row["ended_at"] is not None and row["end_acked_at"] is None:
-                status, reason = _ending(row["end_reason"], "expired", row["ended_by"])
-                await send_ack(
-                    ctx, provider, row["instance_id"], ProviderAck(status=status, reason=reason, **base)
-                )
-                sent += 1
-            await conn.execute(
-                "UPDATE policies SET applied_acked_at = CASE WHEN applied_at IS NOT NULL OR ended_at IS NOT NULL"
-                " THEN coalesce(applied_acked_at, $2) END, end_acked_at = CASE WHEN ended_at IS NOT NULL"
-                " THEN coalesce(end_acked_at, $2) END WHERE policy_id = $1",
-                row["policy_id"],
-                at,
-            )
-        for row in await conn.fetch(_PENDING_PLANS):
-            provider = _provider(row["source"])
-            base = {"request_id": row["request_id"], "group": row["grp"], "schedule_id": row["schedule_id"]}
-            if (
-                provider is not None
-                and row["stored_at"] is not None
-                and row["stored_acked_at"] is None
-                and row["end_acked_at"] is None
-            ):
-                await send_ack(ctx, provider, row["instance_id"], ProviderAck(status="applied", **base))
-                sent += 1
-            if provider is not None and row["ended_at"] is not None and row["end_acked_at"] is None:
-                status, reason = _ending(row["end_reason"], "finished", row["ended_by"])
-                await send_ack(
-                    ctx, provider, row["instance_id"], ProviderAck(status=status, reason=reason, **base)
-                )
-                sent += 1
-            await conn.execute(
-                "UPDATE schedules SET stored_acked_at = CASE WHEN stored_at IS NOT NULL OR ended_at IS NOT NULL"
-                " THEN coalesce(stored_acked_at, $2) END, end_acked_at = CASE WHEN ended_at IS NOT NULL"
-                " THEN coalesce(end_acked_at, $2) END WHERE id = $1",
-                row["id"],
-                at,
-            )
+        for pending in _PENDING:
+            rows = await conn.fetch(pending.select)
+            for row in rows:
+                provider = _provider(row["source"])
+                if provider is None:
+                    continue
+                base = {"request_id": row["request_id"], "group": row["grp"], pending.ref: row["ref"]}
+                if (
+                    row["done_at"] is not None
+                    and row["done_acked_at"] is None
+                    and row["end_acked_at"] is None
+                ):
+                    await send_ack(ctx, provider, row["instance_id"], ProviderAck(status="applied", **base))
+                    sent += 1
+                if row["ended_at"] is not None and row["end_acked_at"] is None:
+                    status, reason = _ending(row["end_reason"], pending.natural, row["ended_by"])
+                    await send_ack(
+                        ctx, provider, row["instance_id"], ProviderAck(status=status, reason=reason, **base)
+                    )
+                    sent += 1
+            if rows:
+                await conn.execute(pending.mark, [row["key"] for row in rows], at)
     return sent
 
 

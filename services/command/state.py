@@ -512,23 +512,59 @@ async def _with_patience(
         delivery.reject(f"{what} version {delivery.model.version} was never sent to this gateway")
 
 
+@dataclass(frozen=True)
+class _AckKind:
+    """Where a controller's acknowledgement of a control or schedule version is recorded."""
+
+    what: str  # "control" or "schedule", for the messages of _with_patience
+    publications: str  # the table of versions sent, with ack_status / ack_reason / acked_at
+    members: str  # that table's column listing what the version carried
+    accepted: str  # the controller's word for success
+    on_accepted: str  # SQL: $1 the members, $2 the time
+    on_rejected: str  # SQL: $1 the members, $2 the time, $3 the reason
+
+
+_CONTROL_ACK = _AckKind(
+    "control", "control_publications", "policy_ids", "applied",
+    "UPDATE policies SET applied_at = coalesce(applied_at, $2) WHERE policy_id = ANY($1::uuid[])",
+    "UPDATE policies SET rejected_at = $2, rejected_reason = $3 WHERE policy_id = ANY($1::uuid[])",
+)  # fmt: skip
+_SCHEDULE_ACK = _AckKind(
+    "schedule", "schedule_publications", "schedule_pks", "stored",
+    "UPDATE schedules SET stored_at = coalesce(stored_at, $2) WHERE id = ANY($1::bigint[])",
+    "UPDATE schedules SET rejected_at = $2, rejected_reason = $3 WHERE id = ANY($1::bigint[])",
+)  # fmt: skip
+
+
 async def on_control_ack(ctx: ServiceContext, deliveries: list[Delivery[ControlAck]]) -> None:
+    await _on_acks(ctx, deliveries, _CONTROL_ACK)
+
+
+async def on_schedule_ack(ctx: ServiceContext, deliveries: list[Delivery[ScheduleAck]]) -> None:
+    await _on_acks(ctx, deliveries, _SCHEDULE_ACK)
+
+
+async def _on_acks(
+    ctx: ServiceContext, deliveries: list[Delivery[ControlAck]] | list[Delivery[ScheduleAck]], kind: _AckKind
+) -> None:
     async with ctx.db.acquire() as conn:
 
-        async def apply(delivery: Delivery[ControlAck]) -> bool:
-            return await _apply_control_ack(conn, delivery)
+        async def apply(delivery: Delivery[ControlAck] | Delivery[ScheduleAck]) -> bool:
+            return await _apply_ack(conn, delivery, kind)
 
-        await _with_patience(deliveries, apply, "control")
+        await _with_patience(deliveries, apply, kind.what)
 
 
-async def _apply_control_ack(conn: Any, delivery: Delivery[ControlAck]) -> bool:
-    """Record one control acknowledgement; False when its version is not known (yet)."""
+async def _apply_ack(
+    conn: Any, delivery: Delivery[ControlAck] | Delivery[ScheduleAck], kind: _AckKind
+) -> bool:
+    """Record one acknowledgement; False when its version is not known (yet)."""
     gateway, ack = _gateway_uuid(delivery.topic), delivery.model
     if gateway is None:
         return False
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT policy_ids, ack_status FROM control_publications"
+            f"SELECT {kind.members} AS members, ack_status FROM {kind.publications}"
             " WHERE gateway_uuid = $1 AND version = $2 FOR UPDATE",
             gateway,
             ack.version,
@@ -539,70 +575,14 @@ async def _apply_control_ack(conn: Any, delivery: Delivery[ControlAck]) -> bool:
             return True  # a duplicate (or a second answer): the first one stands
         at = now()
         await conn.execute(
-            "UPDATE control_publications SET ack_status = $3, ack_reason = $4, acked_at = $5"
+            f"UPDATE {kind.publications} SET ack_status = $3, ack_reason = $4, acked_at = $5"
             " WHERE gateway_uuid = $1 AND version = $2",
             gateway, ack.version, ack.status, ack.reason, at,
         )  # fmt: skip
-        if ack.status == "applied":
-            await conn.execute(
-                "UPDATE policies SET applied_at = coalesce(applied_at, $2) WHERE policy_id = ANY($1::uuid[])",
-                row["policy_ids"],
-                at,
-            )
+        if ack.status == kind.accepted:
+            await conn.execute(kind.on_accepted, row["members"], at)
         else:
-            await conn.execute(
-                "UPDATE policies SET rejected_at = $2, rejected_reason = $3 WHERE policy_id = ANY($1::uuid[])",
-                row["policy_ids"],
-                at,
-                ack.reason,
-            )
-    return True
-
-
-async def on_schedule_ack(ctx: ServiceContext, deliveries: list[Delivery[ScheduleAck]]) -> None:
-    async with ctx.db.acquire() as conn:
-
-        async def apply(delivery: Delivery[ScheduleAck]) -> bool:
-            return await _apply_schedule_ack(conn, delivery)
-
-        await _with_patience(deliveries, apply, "schedule")
-
-
-async def _apply_schedule_ack(conn: Any, delivery: Delivery[ScheduleAck]) -> bool:
-    """Record one schedule acknowledgement; False when its version is not known (yet)."""
-    gateway, ack = _gateway_uuid(delivery.topic), delivery.model
-    if gateway is None:
-        return False
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            "SELECT schedule_pks, ack_status FROM schedule_publications"
-            " WHERE gateway_uuid = $1 AND version = $2 FOR UPDATE",
-            gateway,
-            ack.version,
-        )
-        if row is None:
-            return False
-        if row["ack_status"] is not None:
-            return True
-        at = now()
-        await conn.execute(
-            "UPDATE schedule_publications SET ack_status = $3, ack_reason = $4, acked_at = $5"
-            " WHERE gateway_uuid = $1 AND version = $2",
-            gateway, ack.version, ack.status, ack.reason, at,
-        )  # fmt: skip
-        if ack.status == "stored":
-            await conn.execute(
-                "UPDATE schedules SET stored_at = coalesce(stored_at, $2) WHERE id = ANY($1::bigint[])",
-                row["schedule_pks"],
-                at,
-            )
-        else:
-            await conn.execute(
-                "UPDATE schedules SET rejected_at = $2, rejected_reason = $3 WHERE id = ANY($1::bigint[])",
-                row["schedule_pks"],
-                at,
-                ack.reason,
-            )
+            await conn.execute(kind.on_rejected, row["members"], at, ack.reason)
     return True
 
 
